@@ -1,0 +1,289 @@
+"""The ``clearpeft`` command line. Parsing, printing and one-line errors live here, not in the core."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from dataclasses import asdict, fields
+from pathlib import Path
+
+from .errors import UserError
+
+OPTIONAL_TYPES = {"data_dir": str, "test_file": str, "lr": float, "gamma": float, "ensemble": int,
+                  "temperature": float, "loss_ema": float, "max_train_samples": int, "max_eval_samples": int}
+HELP = {
+    "dataset": "sst5, banking77, or a local .csv/.tsv/.jsonl file",
+    "peft": "lora | prompt | adapter | bitfit | full",
+    "routing": "none (plain PEFT) | clean (CleaR) | deterministic | random | noisy",
+    "noise": "clean, symmetric:R, symmetric-exclusive:R, asymmetric:R or instance:R (training split only)",
+    "gamma": "upper bound γ of the gate probability (default per method: 0.7 adapter, 0.85 LoRA/prompt, 0.9 BitFit)",
+    "reg_weight": "λ of the consistency regularization; 0 turns it off",
+    "ensemble": "N routed passes averaged into f_ens (default 2 for LoRA, 1 otherwise)",
+    "loss_ema": "weight of the previous epoch's loss in the loss EMA (default 0.9 adapter, 0 = off otherwise)",
+    "eval_passes": "routed passes averaged for test_acc_routed",
+    "bf16": "bf16 autocast (CPU with AVX-512 BF16, or GPU)",
+    "log_with": "none | tensorboard | wandb | all (trackers of Accelerate)",
+}
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, exit 2 (argparse prints the usage block otherwise)
+        raise UserError(f"{self.prog}: {message} (see --help)")
+
+
+def _dataset_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data-dir", help="folder with sst5/ and banking77/ (default: $CLEARPEFT_DATA, else the hub)")
+    p.add_argument("--text-column", default="text")
+    p.add_argument("--label-column", default="label")
+    p.add_argument("--test-file", help="separate test file for a local data set")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+def _load(args):
+    from .data import load_data
+
+    return load_data(args.dataset, args.data_dir, text_column=args.text_column, label_column=args.label_column,
+                     test_file=args.test_file)
+
+
+def cmd_data(args) -> int:
+    import numpy as np
+
+    bundle = _load(args)
+    counts = np.bincount(bundle.train.labels, minlength=bundle.num_labels)
+    info = {
+        "name": bundle.name,
+        "train": len(bundle.train), "dev": len(bundle.dev) if bundle.dev is not None else None,
+        "test": len(bundle.test), "num_labels": bundle.num_labels,
+        "label_names": list(bundle.label_names),
+        "train_histogram": {name: int(c) for name, c in zip(bundle.label_names, counts)},
+    }
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    print(f"{info['name']}: train {info['train']}, dev {info['dev'] if info['dev'] is not None else '-'}, "
+          f"test {info['test']}, {info['num_labels']} classes")
+    width = max(len(n) for n in bundle.label_names)
+    for i, name in enumerate(bundle.label_names):
+        print(f"  {i:>3}  {name:<{width}}  {counts[i]:>6}")
+    return 0
+
+
+def cmd_noise(args) -> int:
+    import csv
+
+    from .noise import NoiseSpec, apply_noise
+    from .runs import atomic_write_text
+
+    spec = NoiseSpec.parse(args.noise)
+    bundle = _load(args)
+    features = None
+    if spec.kind == "instance":
+        from .backbone import embed_texts
+
+        features = embed_texts(bundle.train.texts, args.model)
+    noisy = apply_noise(bundle.train.labels, bundle.num_labels, spec, args.seed, features=features)
+    if args.out:
+        import io
+
+        buf = io.StringIO()
+        writer = csv.writer(buf)
+        writer.writerow(["text", "label", "noisy_label"])
+        for text, y, z in zip(bundle.train.texts, bundle.train.labels, noisy.noisy):
+            writer.writerow([text, int(y), int(z)])
+        try:
+            atomic_write_text(args.out, buf.getvalue())
+        except OSError as exc:
+            raise UserError(f"cannot write {args.out}: {exc.strerror or exc}") from exc
+    result = {"dataset": bundle.name, "noise": str(spec), "seed": args.seed, "samples": len(noisy.noisy),
+              "realized_noise_rate": noisy.realized_rate, "transition_matrix": noisy.transition.round(4).tolist(),
+              "out": args.out}
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    print(f"{bundle.name} {spec} seed {args.seed}: realized noise rate {noisy.realized_rate:.4f} "
+          f"({int(noisy.corrupted.sum())} of {len(noisy.noisy)} labels changed)")
+    if bundle.num_labels <= 20:
+        print("empirical transition matrix P(noisy | true):")
+        for i, row in enumerate(noisy.transition):
+            print(f"  {i:>2} " + " ".join(f"{v:.3f}" for v in row))
+    if args.out:
+        print(f"wrote {args.out}")
+    return 0
+
+
+def cmd_methods(args) -> int:
+    from .peft import METHODS, ROUTABLE, build_model
+
+    rows = []
+    for method in METHODS:
+        model = build_model(method, args.num_labels, args.model)
+        rows.append({"method": method, "trainable_params": model.num_trainable(), "total_params": model.num_total(),
+                     "trainable_percent": 100.0 * model.num_trainable() / model.num_total(),
+                     "routable": method in ROUTABLE})
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    print(f"{'method':<8} {'trainable':>12} {'total':>12} {'%':>8}  routable")
+    for r in rows:
+        print(f"{r['method']:<8} {r['trainable_params']:>12,} {r['total_params']:>12,} "
+              f"{r['trainable_percent']:>7.3f}%  {'yes' if r['routable'] else 'no'}")
+    return 0
+
+
+def _train_config(args):
+    """Defaults, then the YAML file, then the flags given on the command line."""
+    from .train import TrainConfig
+
+    values = {}
+    if args.config:
+        import yaml
+
+        try:
+            loaded = yaml.safe_load(Path(args.config).read_text()) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise UserError(f"cannot read config {args.config}: {str(exc).splitlines()[0]}") from exc
+        if not isinstance(loaded, dict):
+            raise UserError(f"config {args.config} must be a mapping of option: value")
+        values.update({k.replace("-", "_"): v for k, v in loaded.items()})
+    values.update({k: v for k, v in vars(args).items() if k in TrainConfig.field_names()})
+    unknown = sorted(set(values) - set(TrainConfig.field_names()))
+    if unknown:
+        raise UserError(f"unknown option(s) in {args.config}: {', '.join(unknown)}")
+    try:
+        return TrainConfig(**values)
+    except TypeError as exc:
+        raise UserError(f"bad config: {exc}") from exc
+
+
+def cmd_train(args) -> int:
+    from .train import train
+
+    cfg = _train_config(args)
+    summary = train(cfg, resume=args.resume, overwrite=args.overwrite, progress=not args.json,
+                    log=(lambda m: print(m, file=sys.stderr)) if args.json else print)
+    if args.json:
+        print(json.dumps(summary))
+        return 0
+    print()
+    print(f"{'run':<22} {cfg.out}")
+    for key in ("method", "routing", "noise", "realized_noise_rate", "epochs", "peak_acc", "avg_acc", "last_acc",
+                "peak_acc_routed", "avg_acc_routed", "trainable_params", "train_seconds"):
+        value = summary[key]
+        print(f"{key:<22} {value:.4f}" if isinstance(value, float) else f"{key:<22} {value}")
+    return 0
+
+
+def cmd_predict(args) -> int:
+    import torch
+
+    from .backbone import load_tokenizer
+    from .peft import load_model
+
+    run = Path(args.run_dir)
+    if not (run / "config.json").exists() or not (run / "weights").exists():
+        raise UserError(f"{run} is not a finished clearpeft run (no config.json or weights/)")
+    config = json.loads((run / "config.json").read_text())
+    if args.text is not None:
+        texts = list(args.text)
+    else:
+        try:
+            texts = [line.strip() for line in Path(args.file).read_text(encoding="utf-8").splitlines() if line.strip()]
+        except (OSError, UnicodeDecodeError) as exc:
+            raise UserError(f"cannot read {args.file}: {exc}") from exc
+    if not texts:
+        raise UserError("nothing to predict: give --text or a --file with one text per line")
+    model = load_model(run / "weights", config["model"]).eval()
+    tokenizer = load_tokenizer(config["model"])
+    names = config["label_names"]
+    results = []
+    with torch.no_grad():
+        for start in range(0, len(texts), 64):
+            chunk = texts[start : start + 64]
+            batch = tokenizer(chunk, padding=True, truncation=True, max_length=config["max_length"],
+                              return_tensors="pt")
+            probs = torch.softmax(model(batch["input_ids"], batch["attention_mask"]).float(), -1)
+            for text, row in zip(chunk, probs):
+                k = int(row.argmax())
+                results.append({"text": text, "label": k, "label_name": names[k], "probability": float(row[k]),
+                                "probabilities": [round(float(v), 6) for v in row]})
+    if args.json:
+        print(json.dumps(results))
+    else:
+        for r in results:
+            print(f"{r['label_name']}\t{r['probability']:.3f}\t{r['text']}")
+    return 0
+
+
+def _add_train_options(p: argparse.ArgumentParser) -> None:
+    from .train import TrainConfig
+
+    for f in fields(TrainConfig):
+        flag = "--" + f.name.replace("_", "-")
+        if isinstance(f.default, bool):
+            p.add_argument(flag, action="store_true", default=argparse.SUPPRESS, help=HELP.get(f.name))
+            continue
+        kind = OPTIONAL_TYPES.get(f.name) or type(f.default)
+        p.add_argument(flag, type=kind, default=argparse.SUPPRESS,
+                       help=(HELP.get(f.name, "") + f" (default: {f.default})").strip())
+    p.add_argument("--config", help="YAML file of options; flags given here override it")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument("--overwrite", action="store_true", help="replace the run in --out")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON (progress goes to stderr)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="clearpeft", description="Parameter-efficient fine-tuning on noisy labels with CleaR.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+
+    p = sub.add_parser("data", help="split sizes, classes and class histogram of a data set")
+    p.add_argument("dataset", metavar="DATASET")
+    _dataset_options(p)
+    p.set_defaults(func=cmd_data)
+
+    p = sub.add_parser("noise", help="inject label noise into the training split and report it")
+    p.add_argument("dataset", metavar="DATASET")
+    p.add_argument("--noise", required=True, help=HELP["noise"])
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", help="write the training split as text,label,noisy_label CSV")
+    p.add_argument("--model", default="default", help="encoder for instance-dependent noise features")
+    _dataset_options(p)
+    p.set_defaults(func=cmd_noise)
+
+    p = sub.add_parser("methods", help="trainable-parameter counts of every method on a backbone")
+    p.add_argument("--model", default="default")
+    p.add_argument("--num-labels", type=int, default=5)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_methods)
+
+    p = sub.add_parser("train", help="fine-tune with a PEFT method, with or without CleaR")
+    _add_train_options(p)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("predict", help="labels and probabilities from a trained run")
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    group = p.add_mutually_exclusive_group(required=True)
+    group.add_argument("--text", action="append", help="a text to classify (repeatable)")
+    group.add_argument("--file", help="a file with one text per line")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_predict)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        return args.func(args)
+    except UserError as exc:
+        print(f"clearpeft: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("clearpeft: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,115 @@
+"""The run folder: atomic writes, the config that identifies a run, per-epoch checkpoints and resume."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from .errors import UserError
+
+CONFIG = "config.json"
+METRICS = "metrics.jsonl"
+SUMMARY = "summary.json"
+CHECKPOINTS = "checkpoints"
+# Fields that may differ between a run and its resumption without making it a different run.
+NON_IDENTITY = {"out", "resume", "overwrite", "progress", "json", "config", "realized_noise_rate", "label_names",
+                "versions"}
+
+
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; results are meant to be shared
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_json(path: str | Path, data: Any) -> None:
+    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+def read_jsonl(path: str | Path) -> list[dict]:
+    path = Path(path)
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def identity(config: dict) -> dict:
+    return {k: v for k, v in config.items() if k not in NON_IDENTITY}
+
+
+def prepare_run_dir(out: str | Path, config: dict, resume: bool, overwrite: bool) -> Path:
+    """Create or check the run folder; refuse to mix two different runs in one folder."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file, not a folder")
+    existing = out / CONFIG
+    if existing.exists():
+        if overwrite:
+            shutil.rmtree(out)
+        elif resume:
+            old = json.loads(existing.read_text())
+            if identity(old) != identity(config):
+                diff = sorted(k for k in set(identity(old)) | set(identity(config))
+                              if identity(old).get(k) != identity(config).get(k))
+                raise UserError(f"--resume {out}: the folder holds a run with a different config ({', '.join(diff)})")
+        else:
+            raise UserError(f"{out} already holds a run: use --resume to continue it or --overwrite to replace it")
+    elif out.exists() and any(out.iterdir()) and not overwrite:
+        raise UserError(f"{out} is not empty and holds no run: choose an empty or new folder, or --overwrite")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        raise UserError(f"cannot write to output folder {out}: {exc.strerror or exc}") from exc
+    return out
+
+
+def file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def folder_digests(folder: Path) -> dict[str, str]:
+    return {p.relative_to(folder).as_posix(): file_digest(p)
+            for p in sorted(folder.rglob("*")) if p.is_file() and p.name != "digest.json"}
+
+
+def commit_checkpoint(tmp: Path, final: Path) -> None:
+    """Seal a checkpoint folder with its file hashes, then move it into place in one rename."""
+    atomic_write_json(tmp / "digest.json", folder_digests(tmp))
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+
+
+def checkpoint_is_intact(folder: Path) -> bool:
+    digest = folder / "digest.json"
+    if not digest.exists():
+        return False
+    try:
+        return json.loads(digest.read_text()) == folder_digests(folder)
+    except (OSError, ValueError):
+        return False

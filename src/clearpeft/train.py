@@ -1,0 +1,488 @@
+"""The CleaR training loop (SPEC.md steps 1-5) on Hugging Face Accelerate.
+
+One epoch, in order:
+  1. training steps: gates r ~ strategy(p) per layer and sample (Bernoulli(γ) during warm-up, none for plain
+     PEFT); loss = CE(f(x; δ_r), ỹ) + λ·CE_soft(f(x; δ_r)/T, f_ens(x)/T) once f_ens exists;
+  2. the per-sample pass over the training set (eval mode, no gradient, N routed passes): per-sample loss,
+     f_ens = mean logits, predictions for the training dynamics;
+  3. clean probability p from those losses (EMA, GMM), used from the first epoch after warm-up on;
+  4. evaluation on test (and dev): all modules on, and the mean of routed passes;
+  5. one line of metrics.jsonl and an atomic checkpoint.
+Step 2 at the end of epoch e is the estimate "at the start of epoch e+1" of SPEC.md: the weights are the same.
+Every random draw of an epoch (shuffle, dropout, gates) is seeded from (seed, epoch), so a resumed run
+continues exactly.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import shutil
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from . import runs
+from .errors import UserError
+from .metrics import accuracy, detection_quality, summarize_curve, training_dynamics
+from .routing import DEFAULT_GAMMA, STRATEGIES, CleanProbability, sample_gates
+
+# Learning rates per method (see README, "Learning rates"), γ from the reference code (routing.py),
+# consistency temperature and ensemble size and loss EMA as the reference code.
+DEFAULT_LR = {"lora": 5e-4, "adapter": 5e-4, "bitfit": 1e-3, "prompt": 5e-3, "full": 5e-5}
+DEFAULT_TEMPERATURE = {"adapter": 0.5}
+DEFAULT_ENSEMBLE = {"lora": 2}
+DEFAULT_LOSS_EMA = {"adapter": 0.9}
+
+
+@dataclass
+class TrainConfig:
+    dataset: str = "sst5"
+    data_dir: str | None = None
+    text_column: str = "text"
+    label_column: str = "label"
+    test_file: str | None = None
+    model: str = "default"
+    peft: str = "lora"
+    routing: str = "clean"
+    noise: str = "clean"
+    epochs: int = 10
+    warmup_epochs: int = 3
+    batch_size: int = 32
+    eval_batch_size: int = 256
+    lr: float | None = None
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.06
+    gamma: float | None = None
+    reg_weight: float = 1.0
+    ensemble: int | None = None
+    temperature: float | None = None
+    loss_ema: float | None = None
+    eval_passes: int = 3
+    max_length: int = 128
+    max_train_samples: int | None = None
+    max_eval_samples: int | None = None
+    lora_rank: int = 4
+    lora_alpha: int = 8
+    lora_dropout: float = 0.0
+    prompt_length: int = 20
+    adapter_size: int = 16
+    bf16: bool = False
+    seed: int = 0
+    log_with: str = "none"
+    out: str = "runs/latest"
+
+    def resolved(self) -> "TrainConfig":
+        """A copy with the per-method defaults filled in; validates every field (UserError)."""
+        from .peft import METHODS
+
+        if self.peft not in METHODS:
+            raise UserError(f"unknown PEFT method {self.peft!r}: choose one of {', '.join(METHODS)}")
+        if self.routing not in STRATEGIES:
+            raise UserError(f"unknown routing strategy {self.routing!r}: choose one of {', '.join(STRATEGIES)}")
+        if self.peft == "full" and self.routing != "none":
+            raise UserError("full fine-tuning has no PEFT modules to route: use --routing none")
+        c = TrainConfig(**asdict(self))
+        c.lr = DEFAULT_LR[c.peft] if c.lr is None else c.lr
+        c.gamma = DEFAULT_GAMMA.get(c.peft, 1.0) if c.gamma is None else c.gamma
+        c.temperature = DEFAULT_TEMPERATURE.get(c.peft, 1.0) if c.temperature is None else c.temperature
+        c.ensemble = DEFAULT_ENSEMBLE.get(c.peft, 1) if c.ensemble is None else c.ensemble
+        if c.loss_ema is None:
+            c.loss_ema = DEFAULT_LOSS_EMA.get(c.peft, 0.0)
+        for name in ("epochs", "batch_size", "eval_batch_size", "ensemble", "eval_passes", "max_length",
+                     "lora_rank", "prompt_length", "adapter_size"):
+            if getattr(c, name) < 1:
+                raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(c, name)}")
+        for name in ("max_train_samples", "max_eval_samples"):
+            if getattr(c, name) is not None and getattr(c, name) < 1:
+                raise UserError(f"--{name.replace('_', '-')} must be at least 1")
+        checks = [("gamma", 0.0, 1.0), ("loss_ema", 0.0, 1.0), ("warmup_ratio", 0.0, 1.0),
+                  ("lora_dropout", 0.0, 0.999)]
+        for name, low, high in checks:
+            value = getattr(c, name)
+            if not (low <= value <= high) or math.isnan(value):
+                raise UserError(f"--{name.replace('_', '-')} must lie in [{low}, {high}], got {value}")
+        if not (c.lr > 0) or not (c.temperature > 0):
+            raise UserError("--lr and --temperature must be positive")
+        if c.reg_weight < 0 or c.weight_decay < 0 or c.warmup_epochs < 0:
+            raise UserError("--reg-weight, --weight-decay and --warmup-epochs must not be negative")
+        if c.log_with not in ("none", "tensorboard", "wandb", "all"):
+            raise UserError("--log-with must be none, tensorboard, wandb or all")
+        return c
+
+    @classmethod
+    def field_names(cls) -> list[str]:
+        return [f.name for f in fields(cls)]
+
+
+@dataclass
+class Prepared:
+    """Everything a run needs that comes from the data: splits, noisy labels, encodings."""
+
+    bundle: object
+    noisy: object
+    train: object  # EncodedSplit with the noisy labels
+    test: object
+    dev: object | None
+    pad_id: int
+    texts: list[str] = field(repr=False, default_factory=list)
+
+
+def prepare_data(cfg: TrainConfig, tokenizer) -> Prepared:
+    from .backbone import embed_texts
+    from .data import load_data
+    from .data.batching import encode
+    from .noise import NoiseSpec, apply_noise
+
+    spec = NoiseSpec.parse(cfg.noise)
+    bundle = load_data(cfg.dataset, cfg.data_dir, text_column=cfg.text_column, label_column=cfg.label_column,
+                       test_file=cfg.test_file)
+    bundle.train = bundle.train.subset(cfg.max_train_samples, cfg.seed)
+    bundle.test = bundle.test.subset(cfg.max_eval_samples, cfg.seed)
+    if bundle.dev is not None:
+        bundle.dev = bundle.dev.subset(cfg.max_eval_samples, cfg.seed)
+    features = embed_texts(bundle.train.texts) if spec.kind == "instance" else None
+    noisy = apply_noise(bundle.train.labels, bundle.num_labels, spec, cfg.seed, features=features)
+    train = encode(tokenizer, bundle.train.texts, noisy.noisy, cfg.max_length)
+    test = encode(tokenizer, bundle.test.texts, bundle.test.labels, cfg.max_length)
+    dev = encode(tokenizer, bundle.dev.texts, bundle.dev.labels, cfg.max_length) if bundle.dev is not None else None
+    return Prepared(bundle, noisy, train, test, dev, tokenizer.pad_token_id or 0, list(bundle.train.texts))
+
+
+def _generator(seed: int, epoch: int, stream: int) -> torch.Generator:
+    return torch.Generator().manual_seed(((seed * 1_000_003 + epoch) * 7 + stream) % (2**63))
+
+
+@torch.no_grad()
+def routed_logits(model, core, split, batch_size: int, pad_id: int, passes: int, gates_for, accelerator):
+    """Mean logits over ``passes`` forward passes (eval mode) and the mean per-sample CE against the split's
+    labels; ``gates_for(index, pass)`` gives the gate matrix of a batch, or None for all modules on."""
+    from .data.batching import loader
+
+    was_training = model.training
+    model.eval()
+    n = len(split)
+    logits_sum = torch.zeros(n, core.num_labels)
+    loss_sum = torch.zeros(n)
+    for batch in loader(split, batch_size, shuffle=False, pad_id=pad_id):
+        index = batch["index"]
+        for k in range(passes):
+            with core.routing(gates_for(index, k)), accelerator.autocast():
+                logits = model(batch["input_ids"], batch["attention_mask"]).float()
+            logits_sum[index] += logits.cpu()
+            loss_sum[index] += F.cross_entropy(logits, batch["labels"], reduction="none").cpu()
+    model.train(was_training)
+    return (logits_sum / passes).numpy(), (loss_sum / passes).numpy()
+
+
+def soft_cross_entropy(logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """-Σ_c softmax(teacher/T)_c · log softmax(logits/T)_c, the teacher detached."""
+    target = F.softmax(teacher_logits.detach() / temperature, dim=-1)
+    return -(target * F.log_softmax(logits / temperature, dim=-1)).sum(-1).mean()
+
+
+def library_versions() -> dict[str, str]:
+    import importlib.metadata as md
+
+    out = {}
+    for name in ("clearpeft", "torch", "transformers", "peft", "accelerate", "scikit-learn", "numpy"):
+        try:
+            out[name] = md.version(name)
+        except md.PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False, progress: bool = True,
+          log=print) -> dict:
+    """Train one run into ``cfg.out``; returns the summary (also written to summary.json)."""
+    from accelerate import Accelerator
+    from accelerate.utils import ProjectConfiguration
+    from transformers import get_linear_schedule_with_warmup
+
+    from .backbone import load_tokenizer
+    from .data.batching import loader
+    from .peft import build_model
+
+    cfg = cfg.resolved()
+    if cfg.routing != "none" and cfg.warmup_epochs >= cfg.epochs:
+        log(f"warning: --warmup-epochs {cfg.warmup_epochs} >= --epochs {cfg.epochs}: CleaR will never route "
+            "by clean probability (every epoch is warm-up)")
+    config = asdict(cfg)
+    out = runs.prepare_run_dir(cfg.out, config, resume=resume, overwrite=overwrite)
+    tokenizer = load_tokenizer(cfg.model)
+    data = prepare_data(cfg, tokenizer)
+    n_train, num_labels = len(data.train), data.bundle.num_labels
+    if not (out / runs.CONFIG).exists():
+        runs.atomic_write_text(out / "noisy_labels.csv", noisy_labels_csv(data))
+        runs.atomic_write_json(out / runs.CONFIG, {**config, "realized_noise_rate": data.noisy.realized_rate,
+                                                   "label_names": list(data.bundle.label_names),
+                                                   "versions": library_versions()})
+
+    model = build_model(cfg.peft, num_labels, cfg.model, seed=cfg.seed, rank=cfg.lora_rank, alpha=cfg.lora_alpha,
+                        dropout=cfg.lora_dropout, length=cfg.prompt_length, bottleneck=cfg.adapter_size)
+    core = model
+    routed = cfg.routing != "none"
+    accelerator = Accelerator(
+        cpu=not torch.cuda.is_available(), mixed_precision="bf16" if cfg.bf16 else "no",
+        log_with=None if cfg.log_with == "none" else cfg.log_with,
+        project_config=ProjectConfiguration(project_dir=str(out), logging_dir=str(out / "logs")),
+    )
+    train_loader = loader(data.train, cfg.batch_size, shuffle=True, pad_id=data.pad_id, seed=cfg.seed)
+    sampler = train_loader.batch_sampler
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr,
+                                  weight_decay=cfg.weight_decay)
+    total_steps = cfg.epochs * len(train_loader)
+    scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * total_steps), total_steps)
+    model, optimizer, train_loader, scheduler = accelerator.prepare(model, optimizer, train_loader, scheduler)
+    _register_trainable_only(accelerator)
+    if cfg.log_with != "none":
+        accelerator.init_trackers("clearpeft", config={k: v for k, v in config.items() if v is not None})
+
+    estimator = CleanProbability(ema=cfg.loss_ema or None, seed=cfg.seed)
+    p = np.ones(n_train)                     # clean probability in use (1 until warm-up ends)
+    ens_logits: np.ndarray | None = None      # f_ens, stored per sample
+    start_epoch, train_seconds = 0, 0.0
+    if resume:
+        restored = load_latest_checkpoint(out, accelerator, log)
+        if restored is not None:
+            start_epoch, p, ens_logits, estimator.smoothed, train_seconds = restored
+    history = [m for m in runs.read_jsonl(out / runs.METRICS) if m["epoch"] < start_epoch]
+    runs.atomic_write_text(out / runs.METRICS, "".join(json.dumps(m) + "\n" for m in history))
+
+    true_labels, given = data.bundle.train.labels, data.noisy.noisy
+    for epoch in range(start_epoch, cfg.epochs):
+        started = time.perf_counter()
+        torch.manual_seed(cfg.seed * 1009 + epoch)  # dropout
+        sampler.set_epoch(epoch)
+        gate_gen = _generator(cfg.seed, epoch, 0)
+        after_warmup = routed and epoch >= cfg.warmup_epochs
+        strategy = cfg.routing if after_warmup else "random"   # warm-up: every module on w.p. γ
+        p_tensor = torch.as_tensor(p, dtype=torch.float32)
+        ens_tensor = torch.as_tensor(ens_logits) if ens_logits is not None else None
+        use_reg = after_warmup and cfg.reg_weight > 0 and ens_tensor is not None
+        gate_mean = np.zeros(n_train)
+        model.train()
+        bar = _progress(progress, len(train_loader), f"epoch {epoch + 1}/{cfg.epochs}")
+        seen = correct = 0
+        loss_sum = 0.0
+        for batch in train_loader:
+            index = batch["index"]
+            r = sample_gates(strategy, p_tensor[index], cfg.gamma, core.num_layers, gate_gen) if routed else None
+            if r is not None:
+                gate_mean[index.numpy()] = r.mean(0).numpy()
+            with core.routing(r):
+                logits = model(batch["input_ids"], batch["attention_mask"])
+            loss = F.cross_entropy(logits.float(), batch["labels"])
+            if use_reg:
+                loss = loss + cfg.reg_weight * soft_cross_entropy(logits.float(), ens_tensor[index], cfg.temperature)
+            accelerator.backward(loss)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            seen += len(index)
+            correct += int((logits.argmax(-1) == batch["labels"]).sum())
+            loss_sum += float(loss.detach()) * len(index)
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}",
+                                rate=f"{seen / (time.perf_counter() - started):.0f}/s")
+        if bar is not None:
+            bar.close()
+        step_seconds = time.perf_counter() - started
+
+        # Per-sample pass: losses -> p, mean routed logits -> f_ens, predictions -> dynamics.
+        next_after_warmup = routed and epoch + 1 >= cfg.warmup_epochs
+        next_strategy = cfg.routing if after_warmup else "random"
+        pass_gen = _generator(cfg.seed, epoch, 1)
+        passes = cfg.ensemble if routed else 1
+
+        def train_gates(index, _k):
+            if not routed:
+                return None
+            return sample_gates(next_strategy, p_tensor[index], cfg.gamma, core.num_layers, pass_gen)
+
+        pass_started = time.perf_counter()
+        ens, losses = routed_logits(model, core, data.train, cfg.eval_batch_size, data.pad_id, passes,
+                                    train_gates, accelerator)
+        predictions = ens.argmax(-1)
+        estimate = estimator.fit(losses)
+        pass_seconds = time.perf_counter() - pass_started
+        if next_after_warmup:
+            p, ens_logits = estimate, ens
+
+        row = {"epoch": epoch, "train_loss": loss_sum / max(seen, 1), "train_acc_given": correct / max(seen, 1)}
+        row.update(training_dynamics(predictions, true_labels, given))
+        row.update(detection_quality(estimate, data.noisy.corrupted))
+        row["clean_prob_fallback"] = estimator.fallback
+        corrupted = data.noisy.corrupted
+        row["gate_mean_clean"] = float(gate_mean[~corrupted].mean()) if routed and (~corrupted).any() else None
+        row["gate_mean_corrupted"] = float(gate_mean[corrupted].mean()) if routed and corrupted.any() else None
+        row["routing_active"] = bool(after_warmup)
+        eval_started = time.perf_counter()
+        row.update(evaluate(model, core, data, cfg, epoch, accelerator))
+        row["step_seconds"], row["pass_seconds"] = step_seconds, pass_seconds
+        row["eval_seconds"] = time.perf_counter() - eval_started
+        row["epoch_seconds"] = time.perf_counter() - started
+        train_seconds += row["epoch_seconds"]
+        history.append(row)
+        # metrics line first, then the checkpoint: a crash in between redoes this epoch on resume.
+        with open(out / runs.METRICS, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(row) + "\n")
+        if cfg.log_with != "none":
+            accelerator.log({k: v for k, v in row.items() if isinstance(v, (int, float))}, step=epoch)
+        save_checkpoint(out, accelerator, epoch, p, ens_logits, estimator.smoothed, train_seconds)
+        if progress:
+            log(f"epoch {epoch + 1}: test {row['test_acc']:.4f} (routed {row['test_acc_routed']:.4f})"
+                f"  clean-learn {row['clean_learning']:.3f}  memorize {row['noisy_memorization']:.3f}"
+                f"  AUC {row['detect_auc']:.3f}  {row['epoch_seconds']:.0f}s")
+
+    if cfg.log_with != "none":
+        accelerator.end_training()
+    core.save_trained(out / "weights")
+    # The review list comes from the final model with every module on, as a user would deploy it.
+    final_logits, final_losses = routed_logits(model, core, data.train, cfg.eval_batch_size, data.pad_id, 1,
+                                               lambda i, k: None, accelerator)
+    final_p = CleanProbability(seed=cfg.seed).fit(final_losses)
+    runs.atomic_write_text(out / "clean_probs.csv", clean_probs_csv(data, final_p, final_logits.argmax(-1)))
+    summary = summarize(cfg, data, history, core, train_seconds)
+    runs.atomic_write_json(out / runs.SUMMARY, summary)
+    return summary
+
+
+def evaluate(model, core, data: Prepared, cfg: TrainConfig, epoch: int, accelerator) -> dict:
+    """Test accuracy with every module on, and with the mean of routed passes (gates ~ Bernoulli(γ): test
+    samples have no clean probability); dev accuracy (for model selection) with every module on."""
+    def all_on(index, _k):
+        return None
+
+    out = {}
+    logits, _ = routed_logits(model, core, data.test, cfg.eval_batch_size, data.pad_id, 1, all_on, accelerator)
+    out["test_acc"] = accuracy(logits.argmax(-1), data.test.labels)
+    if cfg.routing != "none":
+        gen = _generator(cfg.seed, epoch, 2)
+        ones = torch.ones(1)
+
+        def random_gates(index, _k):
+            return sample_gates("random", ones.expand(len(index)), cfg.gamma, core.num_layers, gen)
+
+        logits, _ = routed_logits(model, core, data.test, cfg.eval_batch_size, data.pad_id, cfg.eval_passes,
+                                  random_gates, accelerator)
+        out["test_acc_routed"] = accuracy(logits.argmax(-1), data.test.labels)
+    else:
+        out["test_acc_routed"] = out["test_acc"]
+    if data.dev is not None:
+        logits, _ = routed_logits(model, core, data.dev, cfg.eval_batch_size, data.pad_id, 1, all_on, accelerator)
+        out["dev_acc"] = accuracy(logits.argmax(-1), data.dev.labels)
+    return out
+
+
+def summarize(cfg: TrainConfig, data: Prepared, history: list[dict], core, train_seconds: float) -> dict:
+    summary = summarize_curve([m["test_acc"] for m in history])
+    routed = summarize_curve([m["test_acc_routed"] for m in history])
+    summary.update({f"{k}_routed": v for k, v in routed.items()})
+    if "dev_acc" in history[0]:
+        summary.update({f"dev_{k}": v for k, v in summarize_curve([m["dev_acc"] for m in history]).items()})
+    summary.update({
+        "method": cfg.peft, "routing": cfg.routing, "noise": cfg.noise, "seed": cfg.seed,
+        "dataset": cfg.dataset, "model": cfg.model, "reg_weight": cfg.reg_weight, "gamma": cfg.gamma,
+        "epochs": len(history), "realized_noise_rate": data.noisy.realized_rate,
+        "trainable_params": core.num_trainable(), "train_seconds": train_seconds,
+    })
+    return summary
+
+
+def noisy_labels_csv(data: Prepared) -> str:
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(["index", "text", "label", "noisy_label"])
+    for i, (text, y, z) in enumerate(zip(data.texts, data.bundle.train.labels, data.noisy.noisy)):
+        writer.writerow([i, text, int(y), int(z)])
+    return buf.getvalue()
+
+
+def clean_probs_csv(data: Prepared, p: np.ndarray, predictions: np.ndarray) -> str:
+    """Training samples, most suspicious (lowest clean probability) first: the label errors to review."""
+    names = data.bundle.label_names
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(["index", "text", "given_label", "given_label_name", "clean_prob", "predicted_label",
+                     "predicted_label_name"])
+    for i in np.argsort(p, kind="stable"):
+        z, y_hat = int(data.noisy.noisy[i]), int(predictions[i])
+        writer.writerow([int(i), data.texts[i], z, names[z], f"{p[i]:.6f}", y_hat, names[y_hat]])
+    return buf.getvalue()
+
+
+def _progress(enabled: bool, total: int, desc: str):
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="batch", leave=False, dynamic_ncols=True)
+
+
+ROUTING_STATE = "routing_state.safetensors"
+
+
+def save_checkpoint(out: Path, accelerator, epoch: int, p: np.ndarray, ens_logits: np.ndarray | None,
+                    smoothed: np.ndarray | None, train_seconds: float) -> None:
+    """Write checkpoints/epoch-E atomically (temporary folder, hashes, rename); keep the previous one as a
+    fallback in case the newest turns out damaged."""
+    from safetensors.numpy import save_file
+
+    folder = out / runs.CHECKPOINTS
+    folder.mkdir(exist_ok=True)
+    tmp = folder / f".tmp-epoch-{epoch}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    accelerator.save_state(str(tmp))  # trainable weights only: see _register_trainable_only
+    tensors = {"p": np.ascontiguousarray(p, dtype=np.float64)}
+    if ens_logits is not None:
+        tensors["ens_logits"] = np.ascontiguousarray(ens_logits, dtype=np.float32)
+    if smoothed is not None:
+        tensors["smoothed_losses"] = np.ascontiguousarray(smoothed, dtype=np.float64)
+    save_file(tensors, str(tmp / ROUTING_STATE))
+    runs.atomic_write_json(tmp / "progress.json", {"epoch": epoch, "train_seconds": train_seconds})
+    runs.commit_checkpoint(tmp, folder / f"epoch-{epoch}")
+    for old in folder.glob("epoch-*"):
+        if int(old.name.split("-")[1]) < epoch - 1:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def load_latest_checkpoint(out: Path, accelerator, log):
+    """Restore the newest intact checkpoint; returns (next epoch, p, f_ens, smoothed losses, seconds)."""
+    from safetensors.numpy import load_file
+
+    folder = out / runs.CHECKPOINTS
+    candidates = sorted(folder.glob("epoch-*"), key=lambda f: int(f.name.split("-")[1]), reverse=True) \
+        if folder.exists() else []
+    for checkpoint in candidates:
+        if not runs.checkpoint_is_intact(checkpoint):
+            log(f"warning: checkpoint {checkpoint.name} is damaged (hash mismatch); trying the previous one")
+            continue
+        accelerator.load_state(str(checkpoint), strict=False)  # frozen weights come from the backbone
+        state = load_file(str(checkpoint / ROUTING_STATE))
+        progress = json.loads((checkpoint / "progress.json").read_text())
+        log(f"resuming after epoch {progress['epoch'] + 1} from {checkpoint}")
+        return (progress["epoch"] + 1, state["p"], state.get("ens_logits"), state.get("smoothed_losses"),
+                progress["train_seconds"])
+    return None
+
+
+def _register_trainable_only(accelerator) -> None:
+    """Checkpoints hold the trained pieces, not the frozen backbone (MBs instead of the whole model)."""
+
+    def keep_trainable(models, weights, output_dir):
+        for model, state in zip(models, weights):
+            trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+            for name in [n for n in state if n not in trainable]:
+                del state[name]
+
+    accelerator.register_save_state_pre_hook(keep_trainable)

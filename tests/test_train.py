@@ -1,0 +1,123 @@
+"""End-to-end training runs on a few hundred real SST-5 samples with the real default backbone."""
+
+import csv
+import json
+import math
+import subprocess
+import sys
+
+import pytest
+
+from clearpeft.train import TrainConfig, train
+
+pytestmark = pytest.mark.slow
+TIMING = {"epoch_seconds", "step_seconds", "pass_seconds", "eval_seconds"}
+
+
+def small(tmp_path, name, **overrides):
+    values = dict(dataset="sst5", peft="lora", routing="clean", noise="symmetric:0.6", epochs=3, warmup_epochs=1,
+                  max_train_samples=256, max_eval_samples=128, batch_size=16, seed=0, eval_passes=2,
+                  out=str(tmp_path / name))
+    values.update(overrides)
+    return TrainConfig(**values)
+
+
+def metrics(run):
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def without_timing(rows):
+    return [{k: v for k, v in r.items() if k not in TIMING} for r in rows]
+
+
+@pytest.fixture(scope="module")
+def lora_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("runs")
+    summary = train(small(tmp, "a"), progress=False, log=lambda m: None)
+    return tmp / "a", summary
+
+
+def test_run_folder_files_and_fields(lora_run):
+    run, summary = lora_run
+    for name in ("config.json", "noisy_labels.csv", "metrics.jsonl", "summary.json", "clean_probs.csv",
+                 "weights/trained.safetensors", "weights/peft/adapter_config.json"):
+        assert (run / name).exists(), name
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["epoch-1", "epoch-2"]
+    rows = metrics(run)
+    assert [r["epoch"] for r in rows] == [0, 1, 2]
+    for r in rows:
+        for key in ("test_acc", "test_acc_routed", "dev_acc", "clean_learning", "noisy_memorization",
+                    "noisy_correction", "detect_precision", "detect_recall", "detect_auc", "gate_mean_clean",
+                    "gate_mean_corrupted", "epoch_seconds"):
+            assert key in r, key
+        assert 0.0 <= r["test_acc"] <= 1.0 and 0.0 <= r["test_acc_routed"] <= 1.0
+        assert r["epoch_seconds"] > 0
+    # Warm-up routes every layer with probability γ = 0.85 for every sample, clean or not.
+    assert abs(rows[0]["gate_mean_clean"] - 0.85) < 0.05 and abs(rows[0]["gate_mean_corrupted"] - 0.85) < 0.05
+    assert rows[0]["routing_active"] is False and rows[2]["routing_active"] is True
+    for key in ("peak_acc", "avg_acc", "last_acc", "method", "routing", "noise", "seed", "realized_noise_rate",
+                "trainable_params", "train_seconds"):
+        assert key in summary
+    accs = [r["test_acc"] for r in rows]
+    assert summary["peak_acc"] == max(accs) and math.isclose(summary["avg_acc"], sum(accs) / 3)
+    assert summary["last_acc"] == accs[-1] and summary["trainable_params"] == 38789
+    assert abs(summary["realized_noise_rate"] - 0.48) < 0.08  # 256 samples of 60% symmetric noise
+    with open(run / "clean_probs.csv") as handle:
+        probs = list(csv.DictReader(handle))
+    assert len(probs) == 256
+    values = [float(r["clean_prob"]) for r in probs]
+    assert values == sorted(values) and 0.0 <= values[0] <= values[-1] <= 1.0
+    config = json.loads((run / "config.json").read_text())
+    assert config["lr"] == 5e-4 and config["gamma"] == 0.85 and "torch" in config["versions"]
+
+
+def test_same_seed_same_metrics(lora_run, tmp_path):
+    run, _ = lora_run
+    train(small(tmp_path, "b"), progress=False, log=lambda m: None)
+    assert without_timing(metrics(tmp_path / "b")) == without_timing(metrics(run))
+    assert (tmp_path / "b" / "noisy_labels.csv").read_bytes() == (run / "noisy_labels.csv").read_bytes()
+
+
+@pytest.mark.parametrize("peft,routing", [("adapter", "clean"), ("bitfit", "clean"), ("prompt", "clean"),
+                                          ("full", "none"), ("bitfit", "none"), ("bitfit", "deterministic"),
+                                          ("bitfit", "random"), ("bitfit", "noisy")])
+def test_every_method_and_strategy_runs(tmp_path, peft, routing):
+    summary = train(small(tmp_path, "r", peft=peft, routing=routing, epochs=2, max_train_samples=128,
+                          max_eval_samples=64), progress=False, log=lambda m: None)
+    rows = metrics(tmp_path / "r")
+    assert len(rows) == 2 and summary["method"] == peft and summary["routing"] == routing
+    assert all(0.0 <= r["test_acc"] <= 1.0 for r in rows)
+    if routing == "none":
+        assert rows[-1]["gate_mean_clean"] is None and rows[-1]["test_acc_routed"] == rows[-1]["test_acc"]
+    if routing == "deterministic":  # gates are exactly 0 or 1 after warm-up: the means are shares of p > 0.5
+        assert rows[-1]["gate_mean_clean"] in (0.0, 1.0) or 0.0 < rows[-1]["gate_mean_clean"] < 1.0
+
+
+def test_cli_train_and_predict(tmp_path):
+    out = tmp_path / "cli"
+    cmd = [sys.executable, "-m", "clearpeft", "train", "--dataset", "sst5", "--peft", "bitfit", "--noise",
+           "symmetric:0.6", "--routing", "clean", "--epochs", "2", "--warmup-epochs", "1", "--max-train-samples",
+           "128", "--max-eval-samples", "64", "--seed", "0", "--out", str(out), "--json"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    summary = json.loads(done.stdout)
+    assert summary["method"] == "bitfit" and summary["epochs"] == 2
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 2 and "already holds a run" in again.stderr and "Traceback" not in again.stderr
+    pred = subprocess.run([sys.executable, "-m", "clearpeft", "predict", str(out), "--text", "a great movie .",
+                           "--text", "awful .", "--json"], capture_output=True, text=True, timeout=300)
+    assert pred.returncode == 0, pred.stderr[-2000:]
+    rows = json.loads(pred.stdout)
+    assert len(rows) == 2 and all(abs(sum(r["probabilities"]) - 1) < 1e-4 for r in rows)
+    assert rows[0]["label_name"] in json.loads((out / "config.json").read_text())["label_names"]
+
+
+def test_yaml_config_with_flag_override(tmp_path):
+    config = tmp_path / "run.yaml"
+    config.write_text("peft: bitfit\nrouting: none\nepochs: 5\nmax-train-samples: 64\nmax_eval_samples: 32\n")
+    out = tmp_path / "yaml"
+    done = subprocess.run([sys.executable, "-m", "clearpeft", "train", "--config", str(config), "--epochs", "1",
+                           "--out", str(out), "--json"], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    saved = json.loads((out / "config.json").read_text())
+    assert saved["peft"] == "bitfit" and saved["epochs"] == 1 and saved["max_train_samples"] == 64
