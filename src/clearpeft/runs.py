@@ -55,30 +55,37 @@ def identity(config: dict) -> dict:
     return {k: v for k, v in config.items() if k not in NON_IDENTITY}
 
 
-def prepare_run_dir(out: str | Path, config: dict, resume: bool, overwrite: bool) -> Path:
-    """Create or check the run folder; refuse to mix two different runs in one folder."""
+def check_run_dir(out: str | Path, config: dict, resume: bool, overwrite: bool) -> Path:
+    """Refuse, before any work and without touching anything, a folder that cannot take this run."""
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file, not a folder")
     existing = out / CONFIG
-    if existing.exists():
-        if overwrite:
-            shutil.rmtree(out)
-        elif resume:
-            old = json.loads(existing.read_text())
-            if identity(old) != identity(config):
-                diff = sorted(k for k in set(identity(old)) | set(identity(config))
-                              if identity(old).get(k) != identity(config).get(k))
-                raise UserError(f"--resume {out}: the folder holds a run with a different config ({', '.join(diff)})")
-        else:
+    if existing.exists() and not overwrite:
+        if not resume:
             raise UserError(f"{out} already holds a run: use --resume to continue it or --overwrite to replace it")
-    elif out.exists() and any(out.iterdir()) and not overwrite:
+        try:
+            old = identity(json.loads(existing.read_text()))
+        except (OSError, ValueError) as exc:
+            raise UserError(f"--resume {out}: its config.json is unreadable ({exc}); use --overwrite") from exc
+        new = identity(config)
+        diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+        if diff:
+            raise UserError(f"--resume {out}: the folder holds a run with a different config ({', '.join(diff)})")
+    elif not existing.exists() and out.exists() and any(out.iterdir()) and not overwrite:
         raise UserError(f"{out} is not empty and holds no run: choose an empty or new folder, or --overwrite")
+    parent = next((p for p in [out, *out.parents] if p.exists()), Path("."))
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise UserError(f"cannot write to output folder {out}: permission denied in {parent}")
+    return out
+
+
+def open_run_dir(out: Path, overwrite: bool) -> Path:
+    """Create the checked folder (emptied first with --overwrite)."""
+    if overwrite and out.exists():
+        shutil.rmtree(out)
     try:
         out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".write-test"
-        probe.write_text("")
-        probe.unlink()
     except OSError as exc:
         raise UserError(f"cannot write to output folder {out}: {exc.strerror or exc}") from exc
     return out

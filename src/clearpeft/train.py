@@ -215,9 +215,13 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False, pr
         log(f"warning: --warmup-epochs {cfg.warmup_epochs} >= --epochs {cfg.epochs}: CleaR will never route "
             "by clean probability (every epoch is warm-up)")
     config = asdict(cfg)
-    out = runs.prepare_run_dir(cfg.out, config, resume=resume, overwrite=overwrite)
-    tokenizer = load_tokenizer(cfg.model)
+    out = runs.check_run_dir(cfg.out, config, resume=resume, overwrite=overwrite)
+    tokenizer = load_tokenizer(cfg.model)  # bad model, data or noise fail here, before anything is written
     data = prepare_data(cfg, tokenizer)
+    model = build_model(cfg.peft, data.bundle.num_labels, cfg.model, seed=cfg.seed, rank=cfg.lora_rank,
+                        alpha=cfg.lora_alpha, dropout=cfg.lora_dropout, length=cfg.prompt_length,
+                        bottleneck=cfg.adapter_size)
+    runs.open_run_dir(out, overwrite=overwrite and not resume)
     n_train, num_labels = len(data.train), data.bundle.num_labels
     if not (out / runs.CONFIG).exists():
         runs.atomic_write_text(out / "noisy_labels.csv", noisy_labels_csv(data))
@@ -225,8 +229,6 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False, pr
                                                    "label_names": list(data.bundle.label_names),
                                                    "versions": library_versions()})
 
-    model = build_model(cfg.peft, num_labels, cfg.model, seed=cfg.seed, rank=cfg.lora_rank, alpha=cfg.lora_alpha,
-                        dropout=cfg.lora_dropout, length=cfg.prompt_length, bottleneck=cfg.adapter_size)
     core = model
     routed = cfg.routing != "none"
     accelerator = Accelerator(

@@ -1,0 +1,82 @@
+"""Clean probability (EMA, GMM, fallbacks), gate strategies, and the metrics."""
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from clearpeft.metrics import detection_quality, summarize_curve, training_dynamics
+from clearpeft.routing import CleanProbability, gate_probability, sample_gates
+
+
+def two_populations(seed=0, n_clean=700, n_noisy=300):
+    rng = np.random.default_rng(seed)
+    losses = np.concatenate([rng.gamma(2.0, 0.15, n_clean), 2.0 + rng.gamma(2.0, 0.3, n_noisy)])
+    corrupted = np.arange(n_clean + n_noisy) >= n_clean
+    return losses, corrupted
+
+
+def test_gmm_separates_low_and_high_losses():
+    losses, corrupted = two_populations()
+    p = CleanProbability(seed=0).fit(losses)
+    quality = detection_quality(p, corrupted)
+    assert quality["detect_auc"] > 0.99 and quality["detect_precision"] > 0.97 and quality["detect_recall"] > 0.97
+    assert p[~corrupted].mean() > 0.9 and p[corrupted].mean() < 0.1
+
+
+def test_ema_smooths_across_epochs():
+    losses, _ = two_populations()
+    est = CleanProbability(ema=0.9, seed=0)
+    est.fit(losses)
+    est.fit(np.zeros_like(losses))
+    assert np.allclose(est.smoothed, 0.9 * losses)
+
+
+@pytest.mark.parametrize("losses,why", [
+    (np.full(50, 0.7), "distinct"),
+    (np.array([1.0]), "distinct"),
+    (np.full(20, np.nan), "distinct"),
+])
+def test_degenerate_losses_fall_back_to_all_clean(losses, why):
+    est = CleanProbability(seed=0)
+    with pytest.warns(RuntimeWarning):
+        p = est.fit(losses)
+    assert np.all(p == 1.0) and why in est.fallback
+
+
+def test_non_finite_losses_count_as_least_clean():
+    losses, corrupted = two_populations()
+    losses[:5] = np.inf
+    with pytest.warns(RuntimeWarning, match="non-finite"):
+        p = CleanProbability(seed=0).fit(losses)
+    assert np.all(p[:5] < 0.05) and np.isfinite(p).all()
+
+
+def test_gate_strategies():
+    p = torch.tensor([0.0, 0.3, 0.6, 1.0])
+    assert torch.allclose(gate_probability("clean", p, 0.8), 0.8 * p)
+    assert torch.equal(gate_probability("deterministic", p, 0.8), torch.tensor([0.0, 0.0, 1.0, 1.0]))
+    assert torch.allclose(gate_probability("random", p, 0.8), torch.full((4,), 0.8))
+    assert torch.allclose(gate_probability("noisy", p, 0.8), 0.8 * (1 - p))
+    with pytest.raises(ValueError):
+        gate_probability("greedy", p, 0.8)
+
+
+def test_gates_are_bernoulli_per_layer_and_sample_and_seeded():
+    p = torch.linspace(0, 1, 200)
+    g1 = sample_gates("clean", p, 0.85, 6, torch.Generator().manual_seed(0))
+    g2 = sample_gates("clean", p, 0.85, 6, torch.Generator().manual_seed(0))
+    assert g1.shape == (6, 200) and torch.equal(g1, g2)
+    big = sample_gates("clean", torch.full((20000,), 0.5), 0.8, 6, torch.Generator().manual_seed(1))
+    assert abs(big.mean().item() - 0.4) < 0.01
+    assert (big[0] != big[1]).any()  # layers draw independently
+
+
+def test_curve_and_dynamics():
+    assert summarize_curve([0.4, 0.5, 0.3]) == {"peak_acc": 0.5, "avg_acc": pytest.approx(0.4), "last_acc": 0.3}
+    true = np.array([0, 1, 2, 0, 1])
+    given = np.array([0, 1, 2, 1, 2])   # the last two are corrupted
+    pred = np.array([0, 1, 0, 1, 1])    # clean: 2 of 3 right; corrupted: one memorized, one corrected
+    d = training_dynamics(pred, true, given)
+    assert d == {"clean_learning": pytest.approx(2 / 3), "noisy_memorization": 0.5, "noisy_correction": 0.5}
