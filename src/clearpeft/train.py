@@ -237,7 +237,6 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False, pr
         project_config=ProjectConfiguration(project_dir=str(out), logging_dir=str(out / "logs")),
     )
     train_loader = loader(data.train, cfg.batch_size, shuffle=True, pad_id=data.pad_id, seed=cfg.seed)
-    sampler = train_loader.batch_sampler
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr,
                                   weight_decay=cfg.weight_decay)
     total_steps = cfg.epochs * len(train_loader)
@@ -262,7 +261,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False, pr
     for epoch in range(start_epoch, cfg.epochs):
         started = time.perf_counter()
         torch.manual_seed(cfg.seed * 1009 + epoch)  # dropout
-        sampler.set_epoch(epoch)
+        train_loader.set_epoch(epoch)  # Accelerate's loader passes it on to our length-bucket sampler
         gate_gen = _generator(cfg.seed, epoch, 0)
         after_warmup = routed and epoch >= cfg.warmup_epochs
         strategy = cfg.routing if after_warmup else "random"   # warm-up: every module on w.p. γ
