@@ -1,7 +1,7 @@
 """The learning-rate sweep behind the per-method defaults: plain PEFT (no routing, no noise) on clean SST-5,
 scored on the SST-5 dev split, never on test.
 
-    python experiments/lr_sweep.py [--train-samples 3000] [--epochs 3] [--out runs/lr_sweep]
+    python experiments/lr_sweep.py [--train-samples 2000] [--epochs 3] [--out runs/lr_sweep]
 
 Each run is a normal `clearpeft train` run folder; finished runs are skipped when started again. Writes
 results/lr_sweep.csv and prints the best learning rate per method by peak dev accuracy.
@@ -17,8 +17,8 @@ from pathlib import Path
 from clearpeft.train import TrainConfig, train
 
 GRID = {
-    "lora": [5e-4, 1e-3, 2e-3, 5e-3],
-    "adapter": [5e-4, 1e-3, 2e-3],
+    "lora": [5e-4, 1e-3, 3e-3],
+    "adapter": [3e-4, 1e-3, 3e-3],
     "bitfit": [1e-3, 3e-3, 1e-2],
     "prompt": [5e-3, 1e-2, 3e-2],
     "full": [2e-5, 5e-5, 1e-4],
@@ -28,7 +28,7 @@ FIELDS = ["method", "lr", "train_samples", "epochs", "dev_peak_acc", "dev_avg_ac
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--train-samples", type=int, default=3000)
+    parser.add_argument("--train-samples", type=int, default=2000)
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--methods", default=",".join(GRID))
     parser.add_argument("--out", default="runs/lr_sweep")

@@ -117,3 +117,12 @@ def test_help_lists_commands():
     for command in ("data", "noise", "methods", "train", "predict"):
         sub = run(command, "--help")
         assert sub.returncode == 0 and "--json" in sub.stdout
+
+
+@pytest.mark.slow
+def test_instance_noise_command():
+    done = run("noise", "sst5", "--noise", "instance:0.4", "--seed", "0", "--json")
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(done.stdout)
+    assert abs(result["realized_noise_rate"] - 0.40) < 0.03
+    assert min(result["flip_probability_std_within_class"].values()) > 0.05  # not uniform inside a class

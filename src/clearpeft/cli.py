@@ -100,11 +100,21 @@ def cmd_noise(args) -> int:
     result = {"dataset": bundle.name, "noise": str(spec), "seed": args.seed, "samples": len(noisy.noisy),
               "realized_noise_rate": noisy.realized_rate, "transition_matrix": noisy.transition.round(4).tolist(),
               "out": args.out}
+    if noisy.sample_probs is not None:  # instance noise: how much the flip rate varies inside each class
+        import numpy as np
+
+        flip = 1.0 - noisy.sample_probs[np.arange(len(noisy.noisy)), bundle.train.labels]
+        result["flip_probability_std_within_class"] = {
+            name: float(flip[bundle.train.labels == c].std()) for c, name in enumerate(bundle.label_names)
+            if (bundle.train.labels == c).any()}
     if args.json:
         print(json.dumps(result))
         return 0
     print(f"{bundle.name} {spec} seed {args.seed}: realized noise rate {noisy.realized_rate:.4f} "
           f"({int(noisy.corrupted.sum())} of {len(noisy.noisy)} labels changed)")
+    if "flip_probability_std_within_class" in result:
+        spread = result["flip_probability_std_within_class"].values()
+        print(f"per-sample flip probability varies within each class: std {min(spread):.3f} to {max(spread):.3f}")
     if bundle.num_labels <= 20:
         print("empirical transition matrix P(noisy | true):")
         for i, row in enumerate(noisy.transition):

@@ -68,6 +68,7 @@ class TrainConfig:
     max_length: int = 128
     max_train_samples: int | None = None
     max_eval_samples: int | None = None
+    dev_holdout: float = 0.0  # share of train held out as dev when the data set has no dev split (banking77)
     lora_rank: int = 4
     lora_alpha: int = 8
     lora_dropout: float = 0.0
@@ -103,7 +104,7 @@ class TrainConfig:
             if getattr(c, name) is not None and getattr(c, name) < 1:
                 raise UserError(f"--{name.replace('_', '-')} must be at least 1")
         checks = [("gamma", 0.0, 1.0), ("loss_ema", 0.0, 1.0), ("warmup_ratio", 0.0, 1.0),
-                  ("lora_dropout", 0.0, 0.999)]
+                  ("dev_holdout", 0.0, 0.9), ("lora_dropout", 0.0, 0.999)]
         for name, low, high in checks:
             value = getattr(c, name)
             if not (low <= value <= high) or math.isnan(value):
@@ -143,6 +144,8 @@ def prepare_data(cfg: TrainConfig, tokenizer) -> Prepared:
     spec = NoiseSpec.parse(cfg.noise)
     bundle = load_data(cfg.dataset, cfg.data_dir, text_column=cfg.text_column, label_column=cfg.label_column,
                        test_file=cfg.test_file)
+    if bundle.dev is None and cfg.dev_holdout > 0:
+        bundle = bundle.with_holdout_dev(cfg.dev_holdout, cfg.seed)
     bundle.train = bundle.train.subset(cfg.max_train_samples, cfg.seed)
     bundle.test = bundle.test.subset(cfg.max_eval_samples, cfg.seed)
     if bundle.dev is not None:
