@@ -94,6 +94,7 @@ BAD = [
     ("batch size zero", ["train", "--batch-size", "0", "--out", "{d}/run"], "batch-size"),
     ("model folder without config", ["train", "--model", "{d}", "--out", "{d}/run"], "config.json"),
     ("predict on a non-run", ["predict", "{d}", "--text", "hi"], "not a finished"),
+    ("resume and overwrite", ["train", "--resume", "--overwrite", "--out", "{d}/run"], "--resume"),
     ("config file missing", ["train", "--config", "{d}/none.yaml", "--out", "{d}/run"], "none.yaml"),
 ]
 

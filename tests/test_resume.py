@@ -1,4 +1,4 @@
-"""Kill a run with SIGKILL after a checkpoint, resume it, and get the metrics of an uninterrupted run."""
+"""Kill a run with SIGKILL at chosen moments, resume it, and get the metrics of an uninterrupted run."""
 
 import json
 import os
@@ -15,8 +15,8 @@ TIMING = {"epoch_seconds", "step_seconds", "pass_seconds", "eval_seconds"}
 
 def command(out, *extra):
     return [sys.executable, "-m", "clearpeft", "train", "--dataset", "sst5", "--peft", "adapter", "--noise",
-            "symmetric:0.6", "--routing", "clean", "--epochs", "3", "--warmup-epochs", "1", "--max-train-samples",
-            "96", "--max-eval-samples", "48", "--batch-size", "16", "--seed", "3", "--out", str(out), "--json",
+            "symmetric:0.6", "--routing", "clean", "--epochs", "4", "--warmup-epochs", "2", "--max-train-samples",
+            "160", "--max-eval-samples", "48", "--batch-size", "16", "--seed", "3", "--out", str(out), "--json",
             *extra]
 
 
@@ -25,25 +25,41 @@ def rows(run):
             for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_kill_and_resume_matches_uninterrupted(tmp_path):
+def kill_when(run, proc, epoch, phase, delay=0.0):
+    """SIGKILL the run once status.json reports ``phase`` of ``epoch`` (plus ``delay`` seconds)."""
+    deadline = time.time() + 600
+    while True:
+        assert proc.poll() is None and time.time() < deadline, f"run ended before epoch {epoch} {phase}"
+        try:
+            status = json.loads((run / "status.json").read_text())
+        except (OSError, ValueError):
+            status = {}
+        if status.get("epoch") == epoch and status.get("phase") == phase:
+            break
+        time.sleep(0.01)
+    time.sleep(delay)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+def test_kill_at_three_moments_and_resume_matches_uninterrupted(tmp_path):
     whole = subprocess.run(command(tmp_path / "whole"), capture_output=True, text=True, timeout=900)
     assert whole.returncode == 0, whole.stderr[-2000:]
 
     run = tmp_path / "killed"
-    proc = subprocess.Popen(command(run), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 600
-    while not (run / "checkpoints" / "epoch-0").exists():  # killed during the epoch after the first checkpoint
-        assert proc.poll() is None and time.time() < deadline, "run ended before its first checkpoint"
-        time.sleep(0.05)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    assert not (run / "summary.json").exists()
-
+    moments = [(1, "train", 1.0),   # a training step during warm-up
+               (2, "pass", 0.05),    # the clean-probability pass of the first routed epoch
+               (3, "train", 1.0)]   # a routed training step after warm-up
+    for i, (epoch, phase, delay) in enumerate(moments):
+        proc = subprocess.Popen(command(run, *(["--resume"] if i else [])), stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+        kill_when(run, proc, epoch, phase, delay)
+        assert not (run / "summary.json").exists()
     again = subprocess.run(command(run, "--resume"), capture_output=True, text=True, timeout=900)
     assert again.returncode == 0, again.stderr[-2000:]
-    assert "resuming after epoch" in again.stderr
+    assert "resuming after epoch 3" in again.stderr
     assert rows(run) == rows(tmp_path / "whole")
-    assert json.loads(again.stdout)["peak_acc"] == json.loads(whole.stdout)["peak_acc"]
+    assert json.loads(again.stdout)["avg_acc"] == json.loads(whole.stdout)["avg_acc"]
 
 
 def test_damaged_checkpoint_falls_back_to_the_previous(tmp_path):
@@ -51,12 +67,11 @@ def test_damaged_checkpoint_falls_back_to_the_previous(tmp_path):
     first = subprocess.run(command(run), capture_output=True, text=True, timeout=900)
     assert first.returncode == 0, first.stderr[-2000:]
     reference = rows(run)
-    newest = run / "checkpoints" / "epoch-2"
+    newest = run / "checkpoints" / "epoch-3"
     weights = next(newest.glob("*.safetensors"))
     weights.write_bytes(weights.read_bytes()[:-100])  # truncated
-    # Pretend the run stopped after epoch 2's checkpoint was written but before the summary.
-    (run / "summary.json").unlink()
+    (run / "summary.json").unlink()  # as if killed after the last checkpoint, before the summary
     again = subprocess.run(command(run, "--resume"), capture_output=True, text=True, timeout=900)
     assert again.returncode == 0, again.stderr[-2000:]
-    assert "damaged" in again.stderr and "resuming after epoch 2" in again.stderr
+    assert "damaged" in again.stderr and "resuming after epoch 3" in again.stderr
     assert rows(run) == reference

@@ -214,6 +214,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False, pr
     from .peft import build_model
 
     cfg = cfg.resolved()
+    if resume and overwrite:
+        raise UserError("--resume continues a run and --overwrite replaces it: give one of them")
     if cfg.routing != "none" and cfg.warmup_epochs >= cfg.epochs:
         log(f"warning: --warmup-epochs {cfg.warmup_epochs} >= --epochs {cfg.epochs}: CleaR will never route "
             "by clean probability (every epoch is warm-up)")
@@ -263,56 +265,32 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False, pr
     true_labels, given = data.bundle.train.labels, data.noisy.noisy
     for epoch in range(start_epoch, cfg.epochs):
         started = time.perf_counter()
+        status(out, epoch, "train")
         torch.manual_seed(cfg.seed * 1009 + epoch)  # dropout
         train_loader.set_epoch(epoch)  # Accelerate's loader passes it on to our length-bucket sampler
         gate_gen = _generator(cfg.seed, epoch, 0)
         after_warmup = routed and epoch >= cfg.warmup_epochs
         strategy = cfg.routing if after_warmup else "random"   # warm-up: every module on w.p. γ
         p_tensor = torch.as_tensor(p, dtype=torch.float32)
-        ens_tensor = torch.as_tensor(ens_logits) if ens_logits is not None else None
-        use_reg = after_warmup and cfg.reg_weight > 0 and ens_tensor is not None
-        gate_mean = np.zeros(n_train)
-        model.train()
+        teacher = torch.as_tensor(ens_logits) if after_warmup and cfg.reg_weight > 0 and ens_logits is not None \
+            else None
+        gates_for = (lambda index: sample_gates(strategy, p_tensor[index], cfg.gamma, core.num_layers, gate_gen)) \
+            if routed else (lambda index: None)
         bar = _progress(progress, len(train_loader), f"epoch {epoch + 1}/{cfg.epochs}")
-        seen = correct = 0
-        loss_sum = 0.0
-        for batch in train_loader:
-            index = batch["index"]
-            r = sample_gates(strategy, p_tensor[index], cfg.gamma, core.num_layers, gate_gen) if routed else None
-            if r is not None:
-                gate_mean[index.numpy()] = r.mean(0).numpy()
-            with core.routing(r):
-                logits = model(batch["input_ids"], batch["attention_mask"])
-            loss = F.cross_entropy(logits.float(), batch["labels"])
-            if use_reg:
-                loss = loss + cfg.reg_weight * soft_cross_entropy(logits.float(), ens_tensor[index], cfg.temperature)
-            accelerator.backward(loss)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            seen += len(index)
-            correct += int((logits.argmax(-1) == batch["labels"]).sum())
-            loss_sum += float(loss.detach()) * len(index)
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}",
-                                rate=f"{seen / (time.perf_counter() - started):.0f}/s")
-        if bar is not None:
-            bar.close()
+        steps = train_steps(model, core, train_loader, optimizer, scheduler, accelerator, gates_for, teacher, cfg,
+                            n_train, bar)
         step_seconds = time.perf_counter() - started
 
-        # Per-sample pass: losses -> p, mean routed logits -> f_ens, predictions -> dynamics.
+        # Per-sample pass, gated as this epoch's steps: losses -> p, mean logits -> f_ens, predictions -> dynamics.
         next_after_warmup = routed and epoch + 1 >= cfg.warmup_epochs
-        next_strategy = cfg.routing if after_warmup else "random"
         pass_gen = _generator(cfg.seed, epoch, 1)
         passes = cfg.ensemble if routed else 1
 
         def train_gates(index, _k):
-            if not routed:
-                return None
-            return sample_gates(next_strategy, p_tensor[index], cfg.gamma, core.num_layers, pass_gen)
+            return sample_gates(strategy, p_tensor[index], cfg.gamma, core.num_layers, pass_gen) if routed else None
 
         pass_started = time.perf_counter()
+        status(out, epoch, "pass")
         ens, losses = routed_logits(model, core, data.train, cfg.eval_batch_size, data.pad_id, passes,
                                     train_gates, accelerator)
         predictions = ens.argmax(-1)
@@ -321,15 +299,17 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False, pr
         if next_after_warmup:
             p, ens_logits = estimate, ens
 
-        row = {"epoch": epoch, "train_loss": loss_sum / max(seen, 1), "train_acc_given": correct / max(seen, 1)}
+        row = {"epoch": epoch, "train_loss": steps["loss"], "train_acc_given": steps["accuracy"]}
         row.update(training_dynamics(predictions, true_labels, given))
         row.update(detection_quality(estimate, data.noisy.corrupted))
         row["clean_prob_fallback"] = estimator.fallback
         corrupted = data.noisy.corrupted
+        gate_mean = steps["gate_mean"]
         row["gate_mean_clean"] = float(gate_mean[~corrupted].mean()) if routed and (~corrupted).any() else None
         row["gate_mean_corrupted"] = float(gate_mean[corrupted].mean()) if routed and corrupted.any() else None
         row["routing_active"] = bool(after_warmup)
         eval_started = time.perf_counter()
+        status(out, epoch, "eval")
         row.update(evaluate(model, core, data, cfg, epoch, accelerator))
         row["step_seconds"], row["pass_seconds"] = step_seconds, pass_seconds
         row["eval_seconds"] = time.perf_counter() - eval_started
@@ -341,6 +321,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False, pr
             handle.write(json.dumps(row) + "\n")
         if cfg.log_with != "none":
             accelerator.log({k: v for k, v in row.items() if isinstance(v, (int, float))}, step=epoch)
+        status(out, epoch, "checkpoint")
         save_checkpoint(out, accelerator, epoch, p, ens_logits, estimator.smoothed, train_seconds)
         if progress:
             log(f"epoch {epoch + 1}: test {row['test_acc']:.4f} (routed {row['test_acc_routed']:.4f})"
@@ -357,7 +338,49 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False, pr
     runs.atomic_write_text(out / "clean_probs.csv", clean_probs_csv(data, final_p, final_logits.argmax(-1)))
     summary = summarize(cfg, data, history, core, train_seconds)
     runs.atomic_write_json(out / runs.SUMMARY, summary)
+    status(out, cfg.epochs - 1, "done")
     return summary
+
+
+def train_steps(model, core, train_loader, optimizer, scheduler, accelerator, gates_for, teacher, cfg: TrainConfig,
+                n_train: int, bar) -> dict:
+    """One epoch of gated training steps (SPEC.md steps 3-5). ``gates_for(index)`` draws the gate matrix of a
+    batch (None: plain PEFT); ``teacher`` holds f_ens per sample once the consistency loss is on."""
+    model.train()
+    gate_mean = np.zeros(n_train)  # share of layers routed on, per sample, at its step of this epoch
+    seen = correct = 0
+    loss_sum = 0.0
+    started = time.perf_counter()
+    for batch in train_loader:
+        index = batch["index"]
+        r = gates_for(index)
+        if r is not None:
+            gate_mean[index.numpy()] = r.mean(0).numpy()
+        with core.routing(r):
+            logits = model(batch["input_ids"], batch["attention_mask"]).float()
+        loss = F.cross_entropy(logits, batch["labels"])
+        if teacher is not None:
+            loss = loss + cfg.reg_weight * soft_cross_entropy(logits, teacher[index], cfg.temperature)
+        accelerator.backward(loss)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        seen += len(index)
+        correct += int((logits.argmax(-1) == batch["labels"]).sum())
+        loss_sum += float(loss.detach()) * len(index)
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}",
+                            rate=f"{seen / (time.perf_counter() - started):.0f}/s")
+    if bar is not None:
+        bar.close()
+    return {"loss": loss_sum / max(seen, 1), "accuracy": correct / max(seen, 1), "gate_mean": gate_mean}
+
+
+def status(out: Path, epoch: int, phase: str) -> None:
+    """status.json says where a run is (epoch and phase: train, pass, eval, checkpoint, done), for a user
+    watching a long run and for the tests that kill a run at a chosen moment."""
+    runs.atomic_write_json(out / "status.json", {"epoch": epoch, "phase": phase, "time": time.time()})
 
 
 def evaluate(model, core, data: Prepared, cfg: TrainConfig, epoch: int, accelerator) -> dict:
