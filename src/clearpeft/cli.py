@@ -227,6 +227,26 @@ def cmd_predict(args) -> int:
     return 0
 
 
+def cmd_grid(args) -> int:
+    from .experiments.grid import run_grid
+
+    out = args.out or str(Path("results") / Path(args.config).stem)
+    log = (lambda m: print(m, file=sys.stderr, flush=True)) if args.json else (lambda m: print(m, flush=True))
+    result = run_grid(args.config, out, log=log, progress=not args.json)
+    done = f"{result['finished']}/{result['runs']} runs finished; results in {result['results']}"
+    print(json.dumps(result) if args.json else done)
+    return 0
+
+
+def cmd_report(args) -> int:
+    from .experiments.report import write_report
+
+    result = write_report(args.results_dir, args.out, args.figures)
+    print(json.dumps(result) if args.json else f"wrote {result['report']} ({result['runs']} runs, "
+          f"{len(result['figures'])} figures in {args.figures})")
+    return 0
+
+
 def _add_train_options(p: argparse.ArgumentParser) -> None:
     from .train import TrainConfig
 
@@ -280,6 +300,19 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--file", help="a file with one text per line")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("grid", help="run every cell of a YAML experiment grid (skips finished, resumes killed)")
+    p.add_argument("config", metavar="CONFIG.yaml")
+    p.add_argument("--out", help="folder for the run folders and results.csv (default: results/<config stem>)")
+    p.add_argument("--json", action="store_true", help="print the outcome as JSON (progress goes to stderr)")
+    p.set_defaults(func=cmd_grid)
+
+    p = sub.add_parser("report", help="Markdown tables beside the paper's, and figures, from a grid's results")
+    p.add_argument("results_dir", metavar="RESULTS_DIR")
+    p.add_argument("--out", default="docs/results.md", help="the Markdown file (default: docs/results.md)")
+    p.add_argument("--figures", default="docs/figures", help="folder for the PNG figures (default: docs/figures)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_report)
     return parser
 
 

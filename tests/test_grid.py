@@ -1,0 +1,315 @@
+"""Experiment grids (config checks, cells, skip and resume after SIGKILL, results.csv) and the report."""
+
+import csv
+import json
+import math
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from clearpeft.cli import main
+from clearpeft.errors import UserError
+from clearpeft.experiments.grid import RESULT_COLUMNS, load_grid
+from clearpeft.experiments.report import PAPER_EXCERPT, parse_paper, write_report
+
+REPO = Path(__file__).parents[1]
+AXES = "datasets: [sst5]\nnoises: [symmetric:0.6]\nmethods: [bitfit]\nroutings: [none, clean]\nseeds: [0]\n"
+TINY = "base: {max_train_samples: 48, max_eval_samples: 24, epochs: 2, warmup_epochs: 1, batch_size: 16}\n" + AXES
+FIRST_RUN = Path("sst5/symmetric-0.6/bitfit-none-reg0-s0")
+SECOND_RUN = Path("sst5/symmetric-0.6/bitfit-clean-reg1-s0")
+
+
+def write(tmp_path, text, name="grid.yaml"):
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+# ---------------------------------------------------------------- checking the file
+
+BAD = {
+    "unknown top-level key": ("method: [lora]\n" + AXES, "unknown key(s) method"),
+    "unknown base field": ("base: {epoch: 3}\n" + AXES, "unknown field 'epoch'"),
+    "bad value": ("base: {epochs: 0}\n" + AXES, "--epochs must be at least 1"),
+    "wrong type": ("base: {epochs: six}\n" + AXES, "epochs must be int, got 'six'"),
+    "base sets an axis field": ("base: {seed: 3}\n" + AXES, "seed is set by the grid"),
+    "unknown method": (AXES.replace("[bitfit]", "[lorra]"), "unknown method 'lorra'"),
+    "unknown routing": (AXES.replace("[none, clean]", "[none, clear]"), "unknown routing 'clear'"),
+    "bad noise": (AXES.replace("symmetric:0.6", "symmetric:1.5"), "outside [0, 1]"),
+    "unknown data set": (AXES.replace("[sst5]", "[imdb]"), "unknown data set 'imdb'"),
+    "empty axis": (AXES.replace("[bitfit]", "[]"), "methods is empty"),
+    "missing axis": (AXES.replace("seeds: [0]\n", ""), "missing axis seeds"),
+    "negative reg weight": (AXES + "reg_weights: [-1]\n", "reg_weight must not be negative"),
+    "override sets an axis field": (AXES + "overrides: [{match: {}, set: {routing: none}}]\n",
+                                    "routing is set by the grid"),
+    "override without set": (AXES + "overrides: [{match: {method: bitfit}}]\n", "`set` is missing"),
+    "override matches an unknown field": (AXES + "overrides: [{match: {epoch: 2}, set: {lr: 0.1}}]\n",
+                                          "unknown field 'epoch'"),
+    "override gives a bad value": (AXES + "overrides: [{match: {routing: clean}, set: {gamma: 1.5}}]\n",
+                                   "--gamma must lie in [0.0, 1.0]"),
+    "extra with an unknown key": (AXES + "extra: [{dataset: sst5, noise: clean, method: lora, routing: none, "
+                                  "lr: 1}]\n", "unknown key(s) lr"),
+    "extra without routing": (AXES + "extra: [{dataset: sst5, noise: clean, method: lora}]\n", "missing routing"),
+    "no cells": ("base: {epochs: 2}\n", "the grid has no cells"),
+    "not a mapping": ("- a\n- b\n", "must be a mapping"),
+    "invalid YAML": ("base: [epochs\n" + AXES, "is not valid YAML"),
+}
+
+
+@pytest.mark.parametrize("case", BAD)
+def test_bad_config_is_one_user_error_line(tmp_path, case):
+    text, fragment = BAD[case]
+    with pytest.raises(UserError) as info:
+        load_grid(write(tmp_path, text))
+    message = str(info.value)
+    assert fragment in message and "\n" not in message
+
+
+def test_missing_config_file(tmp_path):
+    with pytest.raises(UserError, match="cannot read grid config"):
+        load_grid(tmp_path / "nope.yaml")
+
+
+def test_bad_config_through_the_cli_exits_2_with_one_line(tmp_path):
+    path = write(tmp_path, "base: {epochs: 0}\n" + AXES)
+    done = subprocess.run([sys.executable, "-m", "clearpeft", "grid", str(path), "--out", str(tmp_path / "out")],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2
+    assert done.stderr.startswith("clearpeft: error:") and "--epochs must be at least 1" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1 and "Traceback" not in done.stderr
+    assert not (tmp_path / "out").exists()  # checked before anything is written
+
+
+@pytest.mark.parametrize("argv", [["grid", "{tmp}/missing.yaml"], ["report", "{tmp}"], ["grid"],
+                                  ["report", "{tmp}", "--bogus"]])
+def test_cli_errors_in_process(tmp_path, capsys, argv):
+    assert main([a.format(tmp=tmp_path) for a in argv]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("clearpeft: error:") and len(err.strip().splitlines()) == 1
+
+
+# ---------------------------------------------------------------- cells
+
+def test_cells_nine_per_noise_full_unrouted_plain_unregularized(tmp_path):
+    planned = load_grid(write(tmp_path, "datasets: [sst5]\nnoises: [clean, symmetric:0.60]\n"
+                                        "methods: [full, adapter, bitfit, prompt, lora]\nroutings: [none, clean]\n"
+                                        "seeds: [0]\nreg_weights: [0.5, 1]\n"))
+    cells = [r.cell for r in planned]
+    # per noise: full, 4 plain (reg 0 once, not per reg weight), 4 x 2 regularized CleaR
+    assert len(cells) == 2 * (1 + 4 + 8)
+    assert [c.noise for c in cells[:13]] == ["clean"] * 13 and cells[13].noise == "symmetric:0.6"
+    assert {(c.routing, c.reg_weight) for c in cells if c.method == "full"} == {("none", 0.0)}
+    assert {c.reg_weight for c in cells if c.routing == "none"} == {0.0}
+    assert all(":" not in r.cell.folder and " " not in r.cell.folder for r in planned)
+    assert planned[1].cell.folder == "sst5/clean/adapter-none-reg0-s0"
+    assert planned[2].cell.folder == "sst5/clean/adapter-clean-reg0.5-s0"
+    assert planned[2].config.gamma == 0.7 and planned[2].config.peft == "adapter"  # resolved defaults
+
+
+def test_overrides_in_order_extra_cells_and_seed_order(tmp_path):
+    planned = load_grid(write(tmp_path, """
+base: {epochs: 4}
+datasets: [sst5, banking77]
+noises: [symmetric:0.6]
+methods: [lora, bitfit]
+routings: [clean]
+seeds: [1, 0]
+overrides:
+  - match: {dataset: banking77}
+    set: {dev_holdout: 0.1, epochs: 3}
+  - match: {method: [lora], noise: symmetric:0.60}
+    set: {lr: 1e-3}
+  - match: {epochs: 3, method: lora}
+    set: {gamma: 0.5}
+extra:
+  - {dataset: sst5, noise: symmetric:0.6, method: bitfit, routing: [clean, noisy], reg_weight: 0}
+  - {dataset: sst5, noise: symmetric:0.6, method: lora, routing: clean}
+"""))
+    by_folder = {r.cell.folder: r for r in planned}
+    assert [r.cell.seed for r in planned] == [1] * 6 + [0] * 6  # seed by seed, extras inside each seed
+    assert len(by_folder) == 12  # the second extra repeats a grid cell: it runs once
+    lora_b = by_folder["banking77/symmetric-0.6/lora-clean-reg1-s0"].config
+    assert (lora_b.dev_holdout, lora_b.epochs, lora_b.lr, lora_b.gamma) == (0.1, 3, 1e-3, 0.5)
+    lora_s = by_folder["sst5/symmetric-0.6/lora-clean-reg1-s0"].config
+    assert (lora_s.dev_holdout, lora_s.epochs, lora_s.lr, lora_s.gamma) == (0.0, 4, 1e-3, 0.85)
+    assert by_folder["sst5/symmetric-0.6/bitfit-clean-reg1-s0"].config.lr == 1e-3  # bitfit's default lr
+    assert by_folder["sst5/symmetric-0.6/bitfit-noisy-reg0-s1"].config.reg_weight == 0.0
+
+
+@pytest.mark.parametrize("name, runs", [("cpu.yaml", 68), ("paper.yaml", 447)])
+def test_shipped_configs_load(name, runs):
+    planned = load_grid(REPO / "experiments" / name)
+    assert len(planned) == runs
+    folders = {r.cell.folder for r in planned}
+    for routing, reg in (("random", 1), ("clean", 0), ("deterministic", 0), ("random", 0), ("noisy", 0)):
+        assert f"sst5/symmetric-0.6/adapter-{routing}-reg{reg}-s0" in folders  # paper Table 3
+    assert any(r.cell.noise == "instance:0.6" for r in planned)
+    assert not any(r.cell.noise.startswith("instance") and r.cell.dataset == "banking77" for r in planned)
+    assert all(r.config.dev_holdout == (0.1 if r.cell.dataset == "banking77" else 0.0) for r in planned)
+
+
+# ---------------------------------------------------------------- a real tiny grid
+
+def grid_command(config, out):
+    return [sys.executable, "-m", "clearpeft", "grid", str(config), "--out", str(out), "--json"]
+
+
+def rows(results_dir):
+    with open(results_dir / "results.csv", newline="") as handle:
+        reader = csv.DictReader(handle)
+        assert reader.fieldnames == RESULT_COLUMNS
+        return [{k: v for k, v in r.items() if k not in ("train_seconds", "run_dir")} for r in reader]
+
+
+@pytest.fixture(scope="module")
+def tiny_grid(tmp_path_factory):
+    """The tiny grid (bitfit, routing none and clean: 2 runs), run once without interruption."""
+    root = tmp_path_factory.mktemp("grid")
+    config = write(root, TINY)
+    done = subprocess.run(grid_command(config, root / "whole"), capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads(done.stdout)["finished"] == 2
+    assert "[2/2 done]" in done.stderr and "ETA" in done.stderr
+    return config, root / "whole"
+
+
+@pytest.mark.slow
+def test_killed_grid_restarts_without_redoing_finished_runs(tiny_grid):
+    config, whole = tiny_grid
+    out = whole.parent / "killed"
+    proc = subprocess.Popen(grid_command(config, out), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    first = out / FIRST_RUN / "summary.json"
+    second_status = out / SECOND_RUN / "status.json"
+    deadline = time.time() + 600
+    # Kill once the first run has finished and the second has checkpointed its first epoch, so that the
+    # restart both skips a finished run and resumes a half-finished one.
+    while not (first.exists() and second_status.exists() and '"epoch": 1' in second_status.read_text()):
+        assert proc.poll() is None and time.time() < deadline, "grid ended before the moment to kill it"
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    finished_at = first.stat().st_mtime_ns
+    assert not (out / SECOND_RUN / "summary.json").exists()
+
+    again = subprocess.run(grid_command(config, out), capture_output=True, text=True, timeout=900)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "2 runs, 1 already finished" in again.stderr
+    assert "[2/2] resuming" in again.stderr and "resuming after epoch 1" in again.stderr
+    assert first.stat().st_mtime_ns == finished_at  # the first run was not redone
+    assert rows(out) == rows(whole) and len(rows(out)) == 2
+    with open(out / "results.csv", newline="") as handle:
+        assert [r["run_dir"] for r in csv.DictReader(handle)] == [str(FIRST_RUN), str(SECOND_RUN)]
+
+    # A third start has nothing left to do; a changed config is refused, not silently reused.
+    assert json.loads(subprocess.run(grid_command(config, out), capture_output=True, text=True,
+                                     timeout=300).stdout)["ran_now"] == 0
+    changed = write(whole.parent, TINY.replace("epochs: 2", "epochs: 3"), "changed.yaml")
+    refused = subprocess.run(grid_command(changed, out), capture_output=True, text=True, timeout=300)
+    assert refused.returncode == 2 and "different config (epochs)" in refused.stderr
+
+
+@pytest.mark.slow
+def test_report_on_the_tiny_grid(tiny_grid, tmp_path):
+    _, whole = tiny_grid
+    result = write_report(whole, tmp_path / "docs" / "results.md", tmp_path / "docs" / "figures")
+    text = (tmp_path / "docs" / "results.md").read_text()
+    assert result["runs"] == 2
+    assert "| Method | Clean Peak | Clean Avg | Sym 20% Peak |" in text
+    assert "| Full fine-tuning | — |" in text  # not run
+    assert "| Full fine-tuning | 53.4 | 51.3 |" in text  # paper Table 1
+    assert "| sst5 | symmetric:0.6 | bitfit | clean | 1 | 0 |" in text  # dynamics of the CleaR run
+    for name in ("figure1_sst5.png", "figure4_sst5.png"):
+        assert (tmp_path / "docs" / "figures" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert f"](figures/{name})" in text
+
+
+# ---------------------------------------------------------------- the report on synthetic results
+
+def synthetic_results(root: Path, datasets=("sst5",), seeds=(0, 1)) -> Path:
+    """A results folder as a grid writes it, with made-up curves: every table and figure has data."""
+    cells = []
+    for dataset in datasets:
+        for noise in ("clean", "symmetric:0.6", "asymmetric:0.4", "instance:0.6"):
+            cells += [(dataset, noise, "full", "none", 0.0)]
+            cells += [(dataset, noise, m, r, 0.0 if r == "none" else 1.0)
+                      for m in ("adapter", "bitfit", "prompt", "lora") for r in ("none", "clean")]
+        cells += [(dataset, "symmetric:0.6", "adapter", r, reg) for r, reg in
+                  (("random", 1.0), ("clean", 0.0), ("deterministic", 0.0), ("random", 0.0), ("noisy", 0.0))]
+    lines = [",".join(RESULT_COLUMNS)]
+    for i, (dataset, noise, method, routing, reg) in enumerate(cells):
+        for seed in seeds:
+            folder = f"{dataset}/{noise.replace(':', '-')}/{method}-{routing}-reg{reg:g}-s{seed}"
+            (root / folder).mkdir(parents=True)
+            routed = routing != "none"
+            lift = 0.05 if routing == "clean" else 0.0
+            metrics = [{"epoch": e, "test_acc": 0.3 + 0.04 * e + lift - 0.01 * seed - 0.003 * i,
+                        "clean_learning": 0.35 + 0.1 * e + lift, "noisy_memorization": 0.05 + 0.08 * e - 2 * lift,
+                        "train_loss": 1.6 - 0.2 * e, "detect_auc": float("nan") if noise == "clean" else 0.8,
+                        "gate_mean_clean": 0.7 if routed else None, "gate_mean_corrupted": 0.3 if routed else None}
+                       for e in range(4)]
+            (root / folder / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in metrics))
+            (root / folder / "config.json").write_text(json.dumps(
+                {"model": "default", "epochs": 4, "warmup_epochs": 2, "max_train_samples": None, "eval_passes": 1}))
+            accs = [m["test_acc"] for m in metrics]
+            lines.append(f"{dataset},{noise},{method},{routing},{reg},{seed},{max(accs)},{sum(accs) / 4},"
+                         f"{accs[-1]},0.48,10.0,{folder}")
+    (root / "results.csv").write_text("\n".join(lines) + "\n")
+    return root
+
+
+def test_report_has_every_table_and_figure(tmp_path):
+    results = synthetic_results(tmp_path / "results", datasets=("sst5", "banking77"))
+    result = write_report(results, tmp_path / "report.md", tmp_path / "figures")
+    text = (tmp_path / "report.md").read_text()
+    assert sorted(Path(f).name for f in result["figures"]) == [
+        "figure1_banking77.png", "figure1_sst5.png", "figure4_banking77.png", "figure4_sst5.png"]
+    assert all(Path(f).read_bytes()[:4] == b"\x89PNG" for f in result["figures"])
+    assert "Missing curves" not in text and "Skipped" not in text
+    assert re.search(r"\| \**\d+\.\d ± \d+\.\d\** \|", text) and "**" in text  # two seeds; bold best
+    for heading in ("## SST-5: label noise", "## BANKING77: label noise", "## SST-5: instance-dependent noise",
+                    "## Ablation on SST-5, Sym 60%", "## Routing dynamics", "## CleaR against the same PEFT"):
+        assert heading in text
+    assert "| Full fine-tuning | 92.9 | 88.8 |" in text  # paper Table 2
+    assert "| Full fine-tuning | 53.4 | 49.0 | 43.9 |" in text  # paper Table 5
+    assert "| CleaR w/ Noisy Routing | noisy | 0 |" in text and "| 46.9 | 34.3 |" in text  # paper Table 3
+    assert "| SST-5 | Sym 60% | Avg | BitFit |" in text and "| +7.6 |" in text  # the paper's CleaR gain
+    # 36 routed runs per data set (4 noises x 4 CleaR + 5 ablations) x 2 seeds: one dynamics row each
+    dynamics = text.split("## Routing dynamics")[1].split("## Figures")[0]
+    assert dynamics.count("| sst5 |") == 2 * (16 + 5) and "| 0.800 | 0.800 | 0.700 | 0.300 |" in dynamics
+
+
+def test_report_skips_figures_without_runs_and_notes_it(tmp_path):
+    results = synthetic_results(tmp_path / "results", datasets=("banking77",), seeds=(0,))
+    stale = tmp_path / "figures" / "figure1_sst5.png"
+    stale.parent.mkdir()
+    stale.write_bytes(b"old")
+    write_report(results, tmp_path / "report.md", tmp_path / "figures")
+    text = (tmp_path / "report.md").read_text()
+    assert "**Figure 1 (SST-5, Sym 60%):**" in text and "Skipped: no unrouted runs on SST-5" in text
+    assert not stale.exists() and (tmp_path / "figures" / "figure1_banking77.png").exists()
+    assert "No runs on SST-5 in these results." in text and not re.search(r"\d ± \d", text)  # one seed
+
+
+def test_report_without_results_is_a_user_error(tmp_path):
+    with pytest.raises(UserError, match="no readable results.csv"):
+        write_report(tmp_path, tmp_path / "r.md", tmp_path / "f")
+
+
+def test_paper_tables_are_parsed_from_the_excerpt():
+    tables = parse_paper(PAPER_EXCERPT.read_text())
+    assert set(tables) == {"Table 1", "Table 2", "Table 3", "Table 5"}
+    t1 = tables["Table 1"]
+    assert len(t1.columns) == 13 and t1.columns[0] == ("clean", "Peak") and t1.columns[-1] == ("asymmetric:0.4", "Avg")
+    assert t1.value(("full", "none"), "clean", "Peak") == 53.4
+    assert t1.value(("bitfit", "clean"), "symmetric:0.6", "Avg") == 51.1
+    assert tables["Table 2"].value(("lora", "clean"), "asymmetric:0.4", "Peak") == 68.9
+    assert tables["Table 5"].columns[1:] == [("instance:0.4", "Peak"), ("instance:0.4", "Avg"),
+                                             ("instance:0.6", "Peak"), ("instance:0.6", "Avg")]
+    assert dict(tables["Table 3"].rows)["CleaR w/ Deterministic Routing"] == [48.1, 44.2]
+    assert not math.isnan(tables["Table 5"].value(("adapter", "clean"), "instance:0.6", "Avg"))
