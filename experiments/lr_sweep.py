@@ -1,8 +1,8 @@
 """The learning-rate sweep behind the per-method defaults: plain PEFT (no routing, no noise) on a seeded
 subset of clean SST-5 train, scored on a seeded 800-sample subset of the SST-5 dev split, never on test.
-Sized for a 2-core CPU: 15 runs of 1000 samples x 3 epochs.
+Sized for a 2-core CPU: 15 runs of 2000 samples x 3 epochs (188 steps of 32).
 
-    python experiments/lr_sweep.py [--train-samples 1000] [--epochs 3] [--out runs/lr_sweep]
+    python experiments/lr_sweep.py [--train-samples 2000] [--epochs 3] [--out runs/lr_sweep]
 
 Each run is a normal `clearpeft train` run folder; finished runs are skipped when started again. Writes
 results/lr_sweep.csv and prints the best learning rate per method by peak dev accuracy.
@@ -29,7 +29,7 @@ FIELDS = ["method", "lr", "train_samples", "epochs", "dev_peak_acc", "dev_avg_ac
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--train-samples", type=int, default=1000)
+    parser.add_argument("--train-samples", type=int, default=2000)
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--methods", default=",".join(GRID))
     parser.add_argument("--out", default="runs/lr_sweep")

@@ -18,7 +18,9 @@ class LoRAConfig:
     rank: int = 4
     alpha: int = 8
     dropout: float = 0.0
-    target_modules: tuple[str, ...] = ("query", "value")
+    # None: peft's default for the architecture (query/value for BERT and RoBERTa, query_proj/value_proj for
+    # DeBERTa-v2), which is the reference code's choice.
+    target_modules: tuple[str, ...] | None = None
 
     def validate(self) -> None:
         if self.rank < 1:
@@ -38,7 +40,7 @@ def attach(model: nn.Module, config: LoRAConfig, gates: GateState) -> nn.Module:
             r=config.rank,
             lora_alpha=config.alpha,
             lora_dropout=config.dropout,
-            target_modules=list(config.target_modules),
+            target_modules=list(config.target_modules) if config.target_modules else None,
         ),
     )
     hooked = 0

@@ -107,7 +107,11 @@ def attach(model: nn.Module, config: PromptConfig, gates: GateState) -> nn.Modul
     layers = encoder_layers(model)
     attentions = [getattr(getattr(block, "attention", None), "self", None) for block in layers]
     embeddings = getattr(getattr(model, model.base_model_prefix, None), "embeddings", None)
-    if any(a is None for a in attentions) or embeddings is None:
+    encoder = getattr(model, model.base_model_prefix, None)
+    # The prompts reach the layers as the encoder's key/value cache; DeBERTa, for one, takes none.
+    params = set(inspect.signature(encoder.forward).parameters) if encoder is not None else set()
+    takes_cache = bool({"cache", "past_key_values"} & params)
+    if any(a is None for a in attentions) or embeddings is None or not takes_cache:
         raise ValueError(f"prompt tuning supports BERT/RoBERTa-style encoders, not {type(model).__name__}")
     peft_model = get_peft_model(
         model, PrefixTuningConfig(task_type=TaskType.SEQ_CLS, num_virtual_tokens=config.length)
