@@ -60,6 +60,9 @@ def bad_files(tmp_path_factory):
     (d / "broken.jsonl").write_text('{"text": "a", "label": 1}\n{"text": "b", "label"\n')
     (d / "one_class.csv").write_text("text,label\na,pos\nb,pos\n")
     (d / "data.txt").write_text("x")
+    from transformers import GPT2Config
+
+    GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=100).save_pretrained(d / "gpt2")  # a decoder
     return d
 
 
@@ -93,6 +96,8 @@ BAD = [
     ("epochs zero", ["train", "--epochs", "0", "--out", "{d}/run"], "epochs"),
     ("batch size zero", ["train", "--batch-size", "0", "--out", "{d}/run"], "batch-size"),
     ("model folder without config", ["train", "--model", "{d}", "--out", "{d}/run"], "config.json"),
+    ("model that is not an encoder", ["train", "--model", "{d}/gpt2", "--max-train-samples", "8",
+                                      "--out", "{d}/run"], "not an encoder"),
     ("predict on a non-run", ["predict", "{d}", "--text", "hi"], "not a finished"),
     ("resume and overwrite", ["train", "--resume", "--overwrite", "--out", "{d}/run"], "--resume"),
     ("config file missing", ["train", "--config", "{d}/none.yaml", "--out", "{d}/run"], "none.yaml"),
@@ -118,6 +123,13 @@ def test_help_lists_commands():
     for command in ("data", "noise", "methods", "train", "predict"):
         sub = run(command, "--help")
         assert sub.returncode == 0 and "--json" in sub.stdout
+
+
+def test_warmup_not_shorter_than_epochs_is_a_warning(tmp_path):
+    done = run("train", "--peft", "bitfit", "--epochs", "1", "--warmup-epochs", "3", "--max-train-samples", "32",
+               "--max-eval-samples", "16", "--out", str(tmp_path / "w"), "--json")
+    assert done.returncode == 0, done.stderr[-1500:]
+    assert "CleaR will never route" in done.stderr
 
 
 @pytest.mark.slow

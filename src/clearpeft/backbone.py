@@ -52,18 +52,32 @@ def load_tokenizer(name: str | None):
         raise UserError(f"cannot load a tokenizer for model {name!r}: {_first_line(exc)}") from exc
 
 
-def load_classifier(name: str | None, num_labels: int, seed: int = 0):
-    """A sequence classifier with a freshly initialised head; the head init is seeded."""
-    from transformers import AutoConfig, AutoModelForSequenceClassification
+def encoder_config(name: str | None, **kwargs):
+    """The model's config, refusing what is not a bidirectional encoder (decoder-only or encoder-decoder)."""
+    from transformers import AutoConfig
+    from transformers.models.auto.modeling_auto import (MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+                                                        MODEL_FOR_MASKED_LM_MAPPING_NAMES)
 
     _quiet_transformers()
-    where = resolve_model(name)
     try:
-        config = AutoConfig.from_pretrained(where, num_labels=num_labels)
+        config = AutoConfig.from_pretrained(resolve_model(name), **kwargs)
     except (OSError, ValueError) as exc:
         raise UserError(f"cannot load model {name!r}: {_first_line(exc)}") from exc
-    if getattr(config, "is_encoder_decoder", False) or getattr(config, "is_decoder", False):
-        raise UserError(f"model {name!r} is not an encoder (BERT, RoBERTa, DeBERTa, ...): {config.model_type}")
+    # BERT-family models are masked LMs (some also have a causal head); GPT-style models are causal only.
+    decoder_only = config.model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES \
+        and config.model_type not in MODEL_FOR_MASKED_LM_MAPPING_NAMES
+    if decoder_only or getattr(config, "is_encoder_decoder", False) or getattr(config, "is_decoder", False):
+        raise UserError(f"model {name!r} ({config.model_type}) is not an encoder: use a BERT-family encoder "
+                        "(BERT, RoBERTa, DeBERTa, ...)")
+    return config
+
+
+def load_classifier(name: str | None, num_labels: int, seed: int = 0):
+    """A sequence classifier with a freshly initialised head; the head init is seeded."""
+    from transformers import AutoModelForSequenceClassification
+
+    where = resolve_model(name)
+    config = encoder_config(name, num_labels=num_labels)
     torch.manual_seed(seed)
     try:
         model = AutoModelForSequenceClassification.from_pretrained(where, config=config)

@@ -22,10 +22,13 @@ def training_dynamics(predictions: np.ndarray, true_labels: np.ndarray, given_la
     corrupted = true_labels != given_labels
     clean = ~corrupted
     nan = float("nan")
+    def share(mask, target):
+        return float(np.mean(predictions[mask] == target[mask])) if mask.any() else nan
+
     return {
-        "clean_learning": float(np.mean(predictions[clean] == true_labels[clean])) if clean.any() else nan,
-        "noisy_memorization": float(np.mean(predictions[corrupted] == given_labels[corrupted])) if corrupted.any() else nan,
-        "noisy_correction": float(np.mean(predictions[corrupted] == true_labels[corrupted])) if corrupted.any() else nan,
+        "clean_learning": share(clean, true_labels),
+        "noisy_memorization": share(corrupted, given_labels),
+        "noisy_correction": share(corrupted, true_labels),
     }
 
 

@@ -209,7 +209,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False, pr
     from accelerate.utils import ProjectConfiguration
     from transformers import get_linear_schedule_with_warmup
 
-    from .backbone import load_tokenizer
+    from .backbone import encoder_config, load_tokenizer
     from .data.batching import loader
     from .peft import build_model
 
@@ -221,7 +221,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False, pr
             "by clean probability (every epoch is warm-up)")
     config = asdict(cfg)
     out = runs.check_run_dir(cfg.out, config, resume=resume, overwrite=overwrite)
-    tokenizer = load_tokenizer(cfg.model)  # bad model, data or noise fail here, before anything is written
+    encoder_config(cfg.model)  # bad model, data or noise fail here, before anything is written
+    tokenizer = load_tokenizer(cfg.model)
     data = prepare_data(cfg, tokenizer)
     model = build_model(cfg.peft, data.bundle.num_labels, cfg.model, seed=cfg.seed, rank=cfg.lora_rank,
                         alpha=cfg.lora_alpha, dropout=cfg.lora_dropout, length=cfg.prompt_length,

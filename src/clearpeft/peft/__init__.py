@@ -125,10 +125,18 @@ def build_model(method: str, num_labels: int, model_name: str | None = None, see
     """Load the backbone and attach ``method`` (options go to its config, unknown ones are ignored)."""
     from ..backbone import load_classifier
 
-    config = method_config(method, **options)
+    from ..errors import UserError
+
+    try:
+        config = method_config(method, **options)
+    except ValueError as exc:
+        raise UserError(str(exc)) from exc
     hf_model = load_classifier(model_name, num_labels, seed=seed)
     torch.manual_seed(seed)  # PEFT module init is seeded too
-    return RoutedClassifier(hf_model, method, config)
+    try:
+        return RoutedClassifier(hf_model, method, config)
+    except ValueError as exc:  # no encoder layers, no module to attach to: the model does not fit the method
+        raise UserError(f"model {model_name or 'default'!r} does not fit {method}: {exc}") from exc
 
 
 def load_model(folder: str | Path, model_name: str | None = None) -> RoutedClassifier:
