@@ -132,7 +132,3 @@ def _embed(texts: list[str], model: str | None, batch_size: int, max_length: int
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return text[0] if text else type(exc).__name__
-
-
-def hub_offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")
