@@ -60,7 +60,7 @@ def layer_index(module_name: str) -> int | None:
 
 def encoder_layers(model: nn.Module) -> nn.ModuleList:
     """The transformer blocks of a BERT-family encoder: the ModuleList named ``...encoder.layer``."""
-    num = getattr(model.config, "num_hidden_layers", None)
+    num = getattr(getattr(model, "config", None), "num_hidden_layers", None)  # wrappers may have no config
     for name, module in model.named_modules():
         if isinstance(module, nn.ModuleList) and name.endswith(("encoder.layer", "encoder.layers")):
             if num is None or len(module) == num:
