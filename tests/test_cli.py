@@ -92,6 +92,7 @@ BAD = [
     ("unknown method", ["train", "--peft", "ia3", "--out", "{d}/run"], "ia3"),
     ("unknown routing", ["train", "--routing", "greedy", "--out", "{d}/run"], "greedy"),
     ("full with routing", ["train", "--peft", "full", "--routing", "clean", "--out", "{d}/run"], "full"),
+    ("unknown estimate source", ["train", "--estimate-from", "magic", "--out", "{d}/run"], "estimate-from"),
     ("gamma above 1", ["train", "--gamma", "1.5", "--out", "{d}/run"], "gamma"),
     ("epochs zero", ["train", "--epochs", "0", "--out", "{d}/run"], "epochs"),
     ("batch size zero", ["train", "--batch-size", "0", "--out", "{d}/run"], "batch-size"),

@@ -121,3 +121,17 @@ def test_yaml_config_with_flag_override(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     saved = json.loads((out / "config.json").read_text())
     assert saved["peft"] == "bitfit" and saved["epochs"] == 1 and saved["max_train_samples"] == 64
+
+
+def test_estimate_from_train_uses_the_steps_and_skips_the_pass(lora_run, tmp_path):
+    """--estimate-from train: p and f_ens from the epoch's own training steps; no extra pass over the data."""
+    run, _ = lora_run
+    train(small(tmp_path, "cheap", estimate_from="train"), progress=False, log=lambda m: None)
+    cheap, faithful = metrics(tmp_path / "cheap"), metrics(run)
+    for a, b in zip(cheap, faithful):
+        assert a["pass_seconds"] < 0.05 * b["pass_seconds"]  # nothing but the GMM fit
+        assert 0.0 <= a["detect_auc"] <= 1.0 and a["clean_prob_fallback"] is None
+    # The estimate differs from the pass's (train mode, mid-epoch weights), and warm-up is the same for both.
+    assert cheap[0]["train_loss"] == faithful[0]["train_loss"]
+    assert cheap[0]["detect_auc"] != faithful[0]["detect_auc"]
+    assert cheap[2]["gate_mean_clean"] != faithful[2]["gate_mean_clean"]

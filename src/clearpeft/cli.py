@@ -23,6 +23,8 @@ HELP = {
     "ensemble": "N routed passes averaged into f_ens (default 2 for LoRA, 1 otherwise)",
     "loss_ema": "weight of the previous epoch's loss in the loss EMA (default 0.9 adapter, 0 = off otherwise)",
     "eval_passes": "routed passes averaged for test_acc_routed",
+    "estimate_from": "pass: p and f_ens from a no-gradient pass after each epoch (faithful, default); train: from "
+                     "the losses and logits of the epoch's own training steps (no extra pass)",
     "bf16": "bf16 autocast (CPU with AVX-512 BF16, or GPU)",
     "log_with": "none | tensorboard | wandb | all (trackers of Accelerate)",
 }
@@ -174,6 +176,8 @@ def cmd_train(args) -> int:
     cfg = _train_config(args)
     summary = train(cfg, resume=args.resume, overwrite=args.overwrite, progress=not args.json,
                     log=(lambda m: print(m, file=sys.stderr)) if args.json else print)
+    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun / accelerate launch only rank 0 reports
+        return 0
     if args.json:
         print(json.dumps(summary))
         return 0

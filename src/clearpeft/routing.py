@@ -33,9 +33,15 @@ def gate_probability(strategy: str, p: torch.Tensor, gamma: float) -> torch.Tens
 def sample_gates(strategy: str, p: torch.Tensor, gamma: float, num_layers: int,
                  generator: torch.Generator) -> torch.Tensor:
     """Independent gates per layer and sample: r[l, i] ~ Bernoulli(prob_i), shape [num_layers, batch]."""
+    return gates_from_draws(strategy, p, gamma, torch.rand((p.shape[0], num_layers), generator=generator))
+
+
+def gates_from_draws(strategy: str, p: torch.Tensor, gamma: float, draws: torch.Tensor) -> torch.Tensor:
+    """Gates [num_layers, batch] from uniform draws [batch, num_layers]: r[l, i] = 1 if draws[i, l] < prob_i.
+    The trainer draws one row per sample per epoch up front, so a sample's gates do not depend on which
+    batch, or which process, it lands in."""
     prob = gate_probability(strategy, p.float(), gamma)
-    draws = torch.rand((num_layers, prob.shape[0]), generator=generator)
-    return (draws < prob.unsqueeze(0)).float()
+    return (draws.T < prob.unsqueeze(0)).float()
 
 
 @dataclass

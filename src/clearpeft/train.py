@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from . import runs
 from .errors import UserError
 from .metrics import accuracy, detection_quality, summarize_curve, training_dynamics
-from .routing import DEFAULT_GAMMA, STRATEGIES, CleanProbability, sample_gates
+from .routing import DEFAULT_GAMMA, STRATEGIES, CleanProbability, gates_from_draws
 
 # Learning rates per method (see README, "Learning rates"), γ from the reference code (routing.py),
 # consistency temperature and ensemble size and loss EMA as the reference code.
@@ -65,6 +65,7 @@ class TrainConfig:
     temperature: float | None = None
     loss_ema: float | None = None
     eval_passes: int = 3
+    estimate_from: str = "pass"  # pass: the per-epoch no-gradient pass; train: losses/logits of the epoch's steps
     max_length: int = 128
     max_train_samples: int | None = None
     max_eval_samples: int | None = None
@@ -113,6 +114,8 @@ class TrainConfig:
             raise UserError("--lr and --temperature must be positive")
         if c.reg_weight < 0 or c.weight_decay < 0 or c.warmup_epochs < 0:
             raise UserError("--reg-weight, --weight-decay and --warmup-epochs must not be negative")
+        if c.estimate_from not in ("pass", "train"):
+            raise UserError(f"--estimate-from must be pass or train, got {c.estimate_from!r}")
         if c.log_with not in ("none", "tensorboard", "wandb", "all"):
             raise UserError("--log-with must be none, tensorboard, wandb or all")
         return c
@@ -159,29 +162,58 @@ def prepare_data(cfg: TrainConfig, tokenizer) -> Prepared:
 
 
 def _generator(seed: int, epoch: int, stream: int) -> torch.Generator:
-    return torch.Generator().manual_seed(((seed * 1_000_003 + epoch) * 7 + stream) % (2**63))
+    """The random stream of one (seed, epoch, purpose): runs and resumed runs draw the same numbers."""
+    state = np.random.SeedSequence([seed, epoch, stream]).generate_state(2, dtype=np.uint32)
+    return torch.Generator().manual_seed(int(state[0]) << 31 | int(state[1]) >> 1)
+
+
+def gather_by_index(accelerator, n: int, index: np.ndarray, *columns: np.ndarray) -> list[np.ndarray]:
+    """Put every process's rows (sample index -> values) together into full arrays of n rows, on every process.
+    Rows a process did not see stay 0; a sample seen twice (Accelerate repeats a few to even out the last
+    batch) keeps one of its values."""
+    parts = [(index, columns)]
+    if accelerator.num_processes > 1:
+        from accelerate.utils import gather_object
+
+        parts = gather_object(parts)
+    out = [np.zeros((n,) + c.shape[1:], dtype=c.dtype) for c in columns]
+    for rows, values in parts:
+        for full, part in zip(out, values):
+            full[rows] = part
+    return out
 
 
 @torch.no_grad()
-def routed_logits(model, core, split, batch_size: int, pad_id: int, passes: int, gates_for, accelerator):
+def routed_logits(core, split, batch_size: int, pad_id: int, passes: int, gates_for, accelerator):
     """Mean logits over ``passes`` forward passes (eval mode) and the mean per-sample CE against the split's
-    labels; ``gates_for(index, pass)`` gives the gate matrix of a batch, or None for all modules on."""
+    labels; ``gates_for(index, pass)`` gives the gate matrix of a batch, or None for all modules on.
+    With several processes each takes every num_processes-th batch and the results are gathered by index,
+    so every process returns the same full arrays."""
     from .data.batching import loader
 
-    was_training = model.training
-    model.eval()
-    n = len(split)
-    logits_sum = torch.zeros(n, core.num_labels)
-    loss_sum = torch.zeros(n)
-    for batch in loader(split, batch_size, shuffle=False, pad_id=pad_id):
+    was_training = core.training
+    core.eval()
+    world, rank = accelerator.num_processes, accelerator.process_index
+    rows, logit_rows, loss_rows = [np.zeros(0, dtype=np.int64)], [np.zeros((0, core.num_labels), np.float32)], \
+        [np.zeros(0, np.float32)]
+    for b, batch in enumerate(loader(split, batch_size, shuffle=False, pad_id=pad_id)):
+        if b % world != rank:
+            continue
         index = batch["index"]
+        input_ids, mask = batch["input_ids"].to(accelerator.device), batch["attention_mask"].to(accelerator.device)
+        labels = batch["labels"].to(accelerator.device)
+        logits_sum, loss_sum = 0.0, 0.0
         for k in range(passes):
             with core.routing(gates_for(index, k)), accelerator.autocast():
-                logits = model(batch["input_ids"], batch["attention_mask"]).float()
-            logits_sum[index] += logits.cpu()
-            loss_sum[index] += F.cross_entropy(logits, batch["labels"], reduction="none").cpu()
-    model.train(was_training)
-    return (logits_sum / passes).numpy(), (loss_sum / passes).numpy()
+                logits = core(input_ids, mask).float()
+            logits_sum = logits_sum + logits
+            loss_sum = loss_sum + F.cross_entropy(logits, labels, reduction="none")
+        rows.append(index.numpy())
+        logit_rows.append((logits_sum / passes).cpu().numpy())
+        loss_rows.append((loss_sum / passes).cpu().numpy())
+    core.train(was_training)
+    return tuple(gather_by_index(accelerator, len(split), np.concatenate(rows), np.concatenate(logit_rows),
+                                 np.concatenate(loss_rows)))
 
 
 def soft_cross_entropy(logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -206,7 +238,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False, pr
           log=print) -> dict:
     """Train one run into ``cfg.out``; returns the summary (also written to summary.json)."""
     from accelerate import Accelerator
-    from accelerate.utils import ProjectConfiguration
+    from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration
     from transformers import get_linear_schedule_with_warmup
 
     from .backbone import encoder_config, load_tokenizer
@@ -220,6 +252,19 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False, pr
         log(f"warning: --warmup-epochs {cfg.warmup_epochs} >= --epochs {cfg.epochs}: CleaR will never route "
             "by clean probability (every epoch is warm-up)")
     config = asdict(cfg)
+    # One process per device under `accelerate launch` / torchrun. split_batches: --batch-size stays the
+    # global batch (each process takes its share), so a run means the same on any number of processes.
+    accelerator = Accelerator(
+        cpu=not torch.cuda.is_available(), mixed_precision="bf16" if cfg.bf16 else "no",
+        log_with=None if cfg.log_with == "none" else cfg.log_with,
+        project_config=ProjectConfiguration(project_dir=str(cfg.out), logging_dir=str(Path(cfg.out) / "logs")),
+        dataloader_config=DataLoaderConfiguration(split_batches=True),
+    )
+    world, rank, main = accelerator.num_processes, accelerator.process_index, accelerator.is_main_process
+    if cfg.batch_size % world:
+        raise UserError(f"--batch-size {cfg.batch_size} must be divisible by the {world} processes")
+    if not main:  # only the main process writes the run folder and talks to the user
+        progress, log = False, (lambda *args, **kwargs: None)
     out = runs.check_run_dir(cfg.out, config, resume=resume, overwrite=overwrite)
     encoder_config(cfg.model)  # bad model, data or noise fail here, before anything is written
     tokenizer = load_tokenizer(cfg.model)
@@ -227,21 +272,23 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False, pr
     model = build_model(cfg.peft, data.bundle.num_labels, cfg.model, seed=cfg.seed, rank=cfg.lora_rank,
                         alpha=cfg.lora_alpha, dropout=cfg.lora_dropout, length=cfg.prompt_length,
                         bottleneck=cfg.adapter_size)
-    runs.open_run_dir(out, overwrite=overwrite and not resume)
+    accelerator.wait_for_everyone()  # every process has checked the folder before the main one touches it
+    if main:
+        runs.open_run_dir(out, overwrite=overwrite and not resume)
     n_train, num_labels = len(data.train), data.bundle.num_labels
-    if not (out / runs.CONFIG).exists():
+    if main and not (out / runs.CONFIG).exists():
         runs.atomic_write_text(out / "noisy_labels.csv", noisy_labels_csv(data))
         runs.atomic_write_json(out / runs.CONFIG, {**config, "realized_noise_rate": data.noisy.realized_rate,
                                                    "label_names": list(data.bundle.label_names),
                                                    "versions": library_versions()})
+    accelerator.wait_for_everyone()
+
+    def status(epoch: int, phase: str) -> None:
+        if main:
+            write_status(out, epoch, phase)
 
     core = model
     routed = cfg.routing != "none"
-    accelerator = Accelerator(
-        cpu=not torch.cuda.is_available(), mixed_precision="bf16" if cfg.bf16 else "no",
-        log_with=None if cfg.log_with == "none" else cfg.log_with,
-        project_config=ProjectConfiguration(project_dir=str(out), logging_dir=str(out / "logs")),
-    )
     train_loader = loader(data.train, cfg.batch_size, shuffle=True, pad_id=data.pad_id, seed=cfg.seed)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr,
                                   weight_decay=cfg.weight_decay)
@@ -261,21 +308,25 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False, pr
         if restored is not None:
             start_epoch, p, ens_logits, estimator.smoothed, train_seconds = restored
     history = [m for m in runs.read_jsonl(out / runs.METRICS) if m["epoch"] < start_epoch]
-    runs.atomic_write_text(out / runs.METRICS, "".join(json.dumps(m) + "\n" for m in history))
+    accelerator.wait_for_everyone()
+    if main:
+        runs.atomic_write_text(out / runs.METRICS, "".join(json.dumps(m) + "\n" for m in history))
 
     true_labels, given = data.bundle.train.labels, data.noisy.noisy
     for epoch in range(start_epoch, cfg.epochs):
         started = time.perf_counter()
-        status(out, epoch, "train")
-        torch.manual_seed(cfg.seed * 1009 + epoch)  # dropout
+        status(epoch, "train")
+        torch.manual_seed(cfg.seed * 1009 + epoch + 100_003 * rank)  # dropout
         train_loader.set_epoch(epoch)  # Accelerate's loader passes it on to our length-bucket sampler
-        gate_gen = _generator(cfg.seed, epoch, 0)
+        # Uniform draws per sample (and layer, and pass), the same on every process: gates do not depend on
+        # the batch or process a sample lands in.
+        step_draws = torch.rand((n_train, core.num_layers), generator=_generator(cfg.seed, epoch, 0))
         after_warmup = routed and epoch >= cfg.warmup_epochs
         strategy = cfg.routing if after_warmup else "random"   # warm-up: every module on w.p. γ
         p_tensor = torch.as_tensor(p, dtype=torch.float32)
         teacher = torch.as_tensor(ens_logits) if after_warmup and cfg.reg_weight > 0 and ens_logits is not None \
             else None
-        gates_for = (lambda index: sample_gates(strategy, p_tensor[index], cfg.gamma, core.num_layers, gate_gen)) \
+        gates_for = (lambda index: gates_from_draws(strategy, p_tensor[index], cfg.gamma, step_draws[index])) \
             if routed else (lambda index: None)
         bar = _progress(progress, len(train_loader), f"epoch {epoch + 1}/{cfg.epochs}")
         steps = train_steps(model, core, train_loader, optimizer, scheduler, accelerator, gates_for, teacher, cfg,
@@ -284,18 +335,27 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False, pr
 
         # Per-sample pass, gated as this epoch's steps: losses -> p, mean logits -> f_ens, predictions -> dynamics.
         next_after_warmup = routed and epoch + 1 >= cfg.warmup_epochs
-        pass_gen = _generator(cfg.seed, epoch, 1)
         passes = cfg.ensemble if routed else 1
 
-        def train_gates(index, _k):
-            return sample_gates(strategy, p_tensor[index], cfg.gamma, core.num_layers, pass_gen) if routed else None
+        pass_draws = torch.rand((passes, n_train, core.num_layers), generator=_generator(cfg.seed, epoch, 1))
+
+        def train_gates(index, k):
+            return gates_from_draws(strategy, p_tensor[index], cfg.gamma, pass_draws[k, index]) if routed else None
 
         pass_started = time.perf_counter()
-        status(out, epoch, "pass")
-        ens, losses = routed_logits(model, core, data.train, cfg.eval_batch_size, data.pad_id, passes,
-                                    train_gates, accelerator)
+        status(epoch, "pass")
+        if cfg.estimate_from == "train":  # no extra pass: what the steps saw (train mode, mid-epoch weights)
+            ens, losses = steps["logits"], steps["losses"]
+        else:
+            ens, losses = routed_logits(core, data.train, cfg.eval_batch_size, data.pad_id, passes,
+                                        train_gates, accelerator)
         predictions = ens.argmax(-1)
         estimate = estimator.fit(losses)
+        if world > 1:  # every process must route by the same p: the losses were gathered, the GMM is seeded
+            from accelerate.utils import gather_object
+
+            if len(set(gather_object([float(np.sum(estimate))]))) != 1:
+                raise RuntimeError("clean probabilities differ between processes")
         pass_seconds = time.perf_counter() - pass_started
         if next_after_warmup:
             p, ens_logits = estimate, ens
@@ -310,19 +370,20 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False, pr
         row["gate_mean_corrupted"] = float(gate_mean[corrupted].mean()) if routed and corrupted.any() else None
         row["routing_active"] = bool(after_warmup)
         eval_started = time.perf_counter()
-        status(out, epoch, "eval")
-        row.update(evaluate(model, core, data, cfg, epoch, accelerator))
+        status(epoch, "eval")
+        row.update(evaluate(core, data, cfg, epoch, accelerator))
         row["step_seconds"], row["pass_seconds"] = step_seconds, pass_seconds
         row["eval_seconds"] = time.perf_counter() - eval_started
         row["epoch_seconds"] = time.perf_counter() - started
         train_seconds += row["epoch_seconds"]
         history.append(row)
         # metrics line first, then the checkpoint: a crash in between redoes this epoch on resume.
-        with open(out / runs.METRICS, "a", encoding="utf-8") as handle:
-            handle.write(json.dumps(row) + "\n")
+        if main:
+            with open(out / runs.METRICS, "a", encoding="utf-8") as handle:
+                handle.write(json.dumps(row) + "\n")
         if cfg.log_with != "none":
             accelerator.log({k: v for k, v in row.items() if isinstance(v, (int, float))}, step=epoch)
-        status(out, epoch, "checkpoint")
+        status(epoch, "checkpoint")
         save_checkpoint(out, accelerator, epoch, p, ens_logits, estimator.smoothed, train_seconds)
         if progress:
             log(f"epoch {epoch + 1}: test {row['test_acc']:.4f} (routed {row['test_acc_routed']:.4f})"
@@ -331,15 +392,16 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False, pr
 
     if cfg.log_with != "none":
         accelerator.end_training()
-    core.save_trained(out / "weights")
     # The review list comes from the final model with every module on, as a user would deploy it.
-    final_logits, final_losses = routed_logits(model, core, data.train, cfg.eval_batch_size, data.pad_id, 1,
+    final_logits, final_losses = routed_logits(core, data.train, cfg.eval_batch_size, data.pad_id, 1,
                                                lambda i, k: None, accelerator)
-    final_p = CleanProbability(seed=cfg.seed).fit(final_losses)
-    runs.atomic_write_text(out / "clean_probs.csv", clean_probs_csv(data, final_p, final_logits.argmax(-1)))
     summary = summarize(cfg, data, history, core, train_seconds)
-    runs.atomic_write_json(out / runs.SUMMARY, summary)
-    status(out, cfg.epochs - 1, "done")
+    if main:
+        core.save_trained(out / "weights")
+        final_p = CleanProbability(seed=cfg.seed).fit(final_losses)
+        runs.atomic_write_text(out / "clean_probs.csv", clean_probs_csv(data, final_p, final_logits.argmax(-1)))
+        runs.atomic_write_json(out / runs.SUMMARY, summary)
+    status(cfg.epochs - 1, "done")
     return summary
 
 
@@ -348,20 +410,25 @@ def train_steps(model, core, train_loader, optimizer, scheduler, accelerator, ga
     """One epoch of gated training steps (SPEC.md steps 3-5). ``gates_for(index)`` draws the gate matrix of a
     batch (None: plain PEFT); ``teacher`` holds f_ens per sample once the consistency loss is on."""
     model.train()
-    gate_mean = np.zeros(n_train)  # share of layers routed on, per sample, at its step of this epoch
+    # Per sample, at its step of this epoch: share of layers routed on; CE and logits (--estimate-from train).
+    rows, gate_rows, loss_rows, logit_rows = [], [], [], []
     seen = correct = 0
     loss_sum = 0.0
     started = time.perf_counter()
     for batch in train_loader:
-        index = batch["index"]
+        index = batch["index"].cpu()
         r = gates_for(index)
-        if r is not None:
-            gate_mean[index.numpy()] = r.mean(0).numpy()
         with core.routing(r):
             logits = model(batch["input_ids"], batch["attention_mask"]).float()
-        loss = F.cross_entropy(logits, batch["labels"])
+        per_sample = F.cross_entropy(logits, batch["labels"], reduction="none")
+        rows.append(index.numpy())
+        gate_rows.append(r.mean(0).numpy() if r is not None else np.zeros(len(index)))
+        loss_rows.append(per_sample.detach().cpu().numpy())
+        logit_rows.append(logits.detach().cpu().numpy())
+        loss = per_sample.mean()
         if teacher is not None:
-            loss = loss + cfg.reg_weight * soft_cross_entropy(logits, teacher[index], cfg.temperature)
+            loss = loss + cfg.reg_weight * soft_cross_entropy(logits, teacher[index].to(logits.device),
+                                                              cfg.temperature)
         accelerator.backward(loss)
         optimizer.step()
         scheduler.step()
@@ -375,38 +442,44 @@ def train_steps(model, core, train_loader, optimizer, scheduler, accelerator, ga
                             rate=f"{seen / (time.perf_counter() - started):.0f}/s")
     if bar is not None:
         bar.close()
-    return {"loss": loss_sum / max(seen, 1), "accuracy": correct / max(seen, 1), "gate_mean": gate_mean}
+    totals = accelerator.reduce(torch.tensor([loss_sum, correct, seen], dtype=torch.float64,
+                                             device=accelerator.device), "sum").tolist()
+    gate_mean, losses, logits = gather_by_index(accelerator, n_train, np.concatenate(rows),
+                                                np.concatenate(gate_rows), np.concatenate(loss_rows),
+                                                np.concatenate(logit_rows))
+    return {"loss": totals[0] / max(totals[2], 1), "accuracy": totals[1] / max(totals[2], 1),
+            "gate_mean": gate_mean, "losses": losses, "logits": logits}
 
 
-def status(out: Path, epoch: int, phase: str) -> None:
+def write_status(out: Path, epoch: int, phase: str) -> None:
     """status.json says where a run is (epoch and phase: train, pass, eval, checkpoint, done), for a user
     watching a long run and for the tests that kill a run at a chosen moment."""
     runs.atomic_write_json(out / "status.json", {"epoch": epoch, "phase": phase, "time": time.time()})
 
 
-def evaluate(model, core, data: Prepared, cfg: TrainConfig, epoch: int, accelerator) -> dict:
+def evaluate(core, data: Prepared, cfg: TrainConfig, epoch: int, accelerator) -> dict:
     """Test accuracy with every module on, and with the mean of routed passes (gates ~ Bernoulli(γ): test
     samples have no clean probability); dev accuracy (for model selection) with every module on."""
     def all_on(index, _k):
         return None
 
     out = {}
-    logits, _ = routed_logits(model, core, data.test, cfg.eval_batch_size, data.pad_id, 1, all_on, accelerator)
+    logits, _ = routed_logits(core, data.test, cfg.eval_batch_size, data.pad_id, 1, all_on, accelerator)
     out["test_acc"] = accuracy(logits.argmax(-1), data.test.labels)
     if cfg.routing != "none":
-        gen = _generator(cfg.seed, epoch, 2)
+        draws = torch.rand((cfg.eval_passes, len(data.test), core.num_layers), generator=_generator(cfg.seed, epoch, 2))
         ones = torch.ones(1)
 
-        def random_gates(index, _k):
-            return sample_gates("random", ones.expand(len(index)), cfg.gamma, core.num_layers, gen)
+        def random_gates(index, k):
+            return gates_from_draws("random", ones.expand(len(index)), cfg.gamma, draws[k, index])
 
-        logits, _ = routed_logits(model, core, data.test, cfg.eval_batch_size, data.pad_id, cfg.eval_passes,
+        logits, _ = routed_logits(core, data.test, cfg.eval_batch_size, data.pad_id, cfg.eval_passes,
                                   random_gates, accelerator)
         out["test_acc_routed"] = accuracy(logits.argmax(-1), data.test.labels)
     else:
         out["test_acc_routed"] = out["test_acc"]
     if data.dev is not None:
-        logits, _ = routed_logits(model, core, data.dev, cfg.eval_batch_size, data.pad_id, 1, all_on, accelerator)
+        logits, _ = routed_logits(core, data.dev, cfg.eval_batch_size, data.pad_id, 1, all_on, accelerator)
         out["dev_acc"] = accuracy(logits.argmax(-1), data.dev.labels)
     return out
 
@@ -466,11 +539,18 @@ def save_checkpoint(out: Path, accelerator, epoch: int, p: np.ndarray, ens_logit
     from safetensors.numpy import save_file
 
     folder = out / runs.CHECKPOINTS
-    folder.mkdir(exist_ok=True)
     tmp = folder / f".tmp-epoch-{epoch}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    accelerator.save_state(str(tmp))  # trainable weights only: see _register_trainable_only
+    main = accelerator.is_main_process
+    if main:
+        folder.mkdir(exist_ok=True)
+        if tmp.exists():
+            shutil.rmtree(tmp)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp))  # trainable weights only (_register_trainable_only); RNG state per process
+    accelerator.wait_for_everyone()
+    if not main:
+        accelerator.wait_for_everyone()
+        return
     tensors = {"p": np.ascontiguousarray(p, dtype=np.float64)}
     if ens_logits is not None:
         tensors["ens_logits"] = np.ascontiguousarray(ens_logits, dtype=np.float32)
@@ -482,6 +562,7 @@ def save_checkpoint(out: Path, accelerator, epoch: int, p: np.ndarray, ens_logit
     for old in folder.glob("epoch-*"):
         if int(old.name.split("-")[1]) < epoch - 1:
             shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()  # nobody goes on (or resumes) before the checkpoint is committed
 
 
 def load_latest_checkpoint(out: Path, accelerator, log):

@@ -1,0 +1,82 @@
+"""Data-parallel CleaR on 2 CPU processes (gloo), launched with torchrun as a user would."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.slow
+HELPERS = Path(__file__).parent / "helpers"
+
+
+def torchrun(*args, cwd=None):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(HELPERS)}
+    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           *args], capture_output=True, text=True, env=env, cwd=cwd, timeout=900)
+
+
+def test_gathered_pass_equals_one_process(tmp_path):
+    sys.path.insert(0, str(HELPERS))
+    from accelerate import Accelerator
+    from dist_pass import per_sample_pass
+
+    done = torchrun(str(HELPERS / "dist_pass.py"), str(tmp_path), "300")
+    assert done.returncode == 0, done.stderr[-3000:]
+    ranks = [np.load(tmp_path / f"rank{r}.npz") for r in (0, 1)]
+    assert int(ranks[0]["world"]) == 2
+    logits, losses, p = per_sample_pass(Accelerator(cpu=True), 300)
+    for rank in ranks:  # each process holds every sample's values, equal to one process's pass
+        assert rank["losses"].shape == (300,)
+        np.testing.assert_allclose(rank["losses"], losses, atol=1e-5)
+        np.testing.assert_allclose(rank["logits"], logits, atol=1e-5)
+        np.testing.assert_allclose(rank["p"], p, atol=1e-6)
+    np.testing.assert_array_equal(ranks[0]["p"], ranks[1]["p"])  # both processes route by the same p
+    assert 0.2 < p.mean() < 0.9 and p.std() > 0.1  # the GMM split the losses (no all-clean fallback)
+
+
+def no_dropout_backbone(folder: Path) -> Path:
+    """The default backbone with dropout off: the one source of randomness that differs between one process
+    and two (each process has its own dropout stream), so that the two runs can be compared closely."""
+    from clearpeft.backbone import resolve_model
+
+    source = Path(resolve_model("default"))
+    folder.mkdir()
+    for item in source.iterdir():
+        if item.name != "config.json":
+            (folder / item.name).symlink_to(item)
+    config = json.loads((source / "config.json").read_text())
+    config.update(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    (folder / "config.json").write_text(json.dumps(config))
+    return folder
+
+
+def test_two_process_run_matches_one_process(tmp_path):
+    model = no_dropout_backbone(tmp_path / "model")
+    flags = ["--dataset", "banking77", "--model", str(model), "--peft", "lora", "--noise", "symmetric:0.2",
+             "--epochs", "2", "--warmup-epochs", "1", "--max-train-samples", "512", "--max-eval-samples", "500",
+             "--lr", "1e-2", "--eval-passes", "1", "--seed", "0", "--json"]
+    single = subprocess.run([sys.executable, "-m", "clearpeft", "train", *flags, "--out", str(tmp_path / "one")],
+                            capture_output=True, text=True, timeout=900)
+    assert single.returncode == 0, single.stderr[-3000:]
+    multi = torchrun("-m", "clearpeft", "train", *flags, "--out", str(tmp_path / "two"))
+    assert multi.returncode == 0, multi.stderr[-3000:]
+    one, two = json.loads(single.stdout), json.loads(multi.stdout)  # only rank 0 prints its summary
+    print("one process:", one["peak_acc"], one["avg_acc"], " two processes:", two["peak_acc"], two["avg_acc"])
+    assert one["peak_acc"] > 0.1  # the runs learn: chance on BANKING77 is 1/77
+    assert abs(one["peak_acc"] - two["peak_acc"]) <= 0.01
+    assert abs(one["avg_acc"] - two["avg_acc"]) <= 0.01
+    run = tmp_path / "two"
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == 2  # one writer
+    # Gates are drawn per sample, so the routing is the same on one process and on two.
+    singles = [json.loads(line) for line in (tmp_path / "one" / "metrics.jsonl").read_text().splitlines()]
+    for a, b in zip(rows, singles):
+        assert abs(a["gate_mean_clean"] - b["gate_mean_clean"]) < 1e-9
+        assert abs(a["detect_auc"] - b["detect_auc"]) < 0.01
+    assert sorted(p.name for p in (run / "checkpoints" / "epoch-1").glob("random_states_*")) == [
+        "random_states_0.pkl", "random_states_1.pkl"]
+    assert (run / "summary.json").exists() and (run / "clean_probs.csv").exists()
