@@ -154,6 +154,17 @@ def test_shipped_configs_load(name, runs):
     assert all(r.config.dev_holdout == (0.1 if r.cell.dataset == "banking77" else 0.0) for r in planned)
 
 
+def test_speed_configs_are_the_cpu_cells_with_one_setting_changed():
+    from dataclasses import replace
+
+    cpu = {r.cell.folder: r.config for r in load_grid(REPO / "experiments" / "cpu.yaml")}
+    for name, change in (("bf16.yaml", {"bf16": True}), ("estimate_train.yaml", {"estimate_from": "train"})):
+        planned = load_grid(REPO / "experiments" / "speed" / name)
+        assert planned and all(r.cell.method == "lora" and r.cell.routing == "clean" for r in planned)
+        for run in planned:
+            assert replace(cpu[run.cell.folder], out=run.config.out, **change) == run.config
+
+
 # ---------------------------------------------------------------- a real tiny grid
 
 def grid_command(config, out):
