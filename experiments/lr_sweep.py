@@ -1,6 +1,6 @@
 """The learning-rate sweep behind the per-method defaults: plain PEFT (no routing, no noise) on a seeded
 subset of clean SST-5 train, scored on a seeded 800-sample subset of the SST-5 dev split, never on test.
-Sized for a 2-core CPU: 15 runs of 2000 samples x 3 epochs (188 steps of 32).
+Sized for a 2-core CPU: 18 runs of 2000 samples x 3 epochs (188 steps of 32), about 2 minutes each.
 
     python experiments/lr_sweep.py [--train-samples 2000] [--epochs 3] [--out runs/lr_sweep]
 
@@ -21,8 +21,8 @@ GRID = {
     "lora": [5e-4, 1e-3, 3e-3, 1e-2],  # 1e-2 added: 3e-3 was best, at the edge of the first grid
     "adapter": [3e-4, 1e-3, 3e-3],
     "bitfit": [1e-3, 3e-3, 1e-2],
-    "prompt": [5e-3, 1e-2, 3e-2],
-    "full": [2e-5, 5e-5, 1e-4],
+    "prompt": [5e-3, 1e-2, 3e-2, 1e-1],  # 1e-1 added: 3e-2 was best, at the edge of the first grid
+    "full": [2e-5, 5e-5, 1e-4, 3e-4],  # 3e-4 added: 1e-4 was best, at the edge of the first grid
 }
 FIELDS = ["method", "lr", "train_samples", "epochs", "dev_peak_acc", "dev_avg_acc", "dev_last_acc", "train_seconds"]
 

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from clearpeft.train import TrainConfig, train
+from clearpeft.train import DEFAULT_LR, TrainConfig, train
 
 pytestmark = pytest.mark.slow
 TIMING = {"epoch_seconds", "step_seconds", "pass_seconds", "eval_seconds"}
@@ -68,7 +68,7 @@ def test_run_folder_files_and_fields(lora_run):
     values = [float(r["clean_prob"]) for r in probs]
     assert values == sorted(values) and 0.0 <= values[0] <= values[-1] <= 1.0
     config = json.loads((run / "config.json").read_text())
-    assert config["lr"] == 5e-4 and config["gamma"] == 0.85 and "torch" in config["versions"]
+    assert config["lr"] == DEFAULT_LR["lora"] and config["gamma"] == 0.85 and "torch" in config["versions"]
 
 
 def test_same_seed_same_metrics(lora_run, tmp_path):

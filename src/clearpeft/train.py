@@ -35,7 +35,7 @@ from .routing import DEFAULT_GAMMA, STRATEGIES, CleanProbability, gates_from_dra
 
 # Learning rates per method (see README, "Learning rates"), γ from the reference code (routing.py),
 # consistency temperature and ensemble size and loss EMA as the reference code.
-DEFAULT_LR = {"lora": 5e-4, "adapter": 5e-4, "bitfit": 1e-3, "prompt": 5e-3, "full": 5e-5}
+DEFAULT_LR = {"lora": 3e-3, "adapter": 1e-3, "bitfit": 3e-3, "prompt": 3e-2, "full": 1e-4}  # experiments/lr_sweep.py
 DEFAULT_TEMPERATURE = {"adapter": 0.5}
 DEFAULT_ENSEMBLE = {"lora": 2}
 DEFAULT_LOSS_EMA = {"adapter": 0.9}
