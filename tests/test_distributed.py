@@ -80,3 +80,41 @@ def test_two_process_run_matches_one_process(tmp_path):
     assert sorted(p.name for p in (run / "checkpoints" / "epoch-1").glob("random_states_*")) == [
         "random_states_0.pkl", "random_states_1.pkl"]
     assert (run / "summary.json").exists() and (run / "clean_probs.csv").exists()
+
+
+def test_two_process_run_killed_and_resumed_matches_uninterrupted(tmp_path):
+    """kill -9 of the whole 2-process job in its last epoch, then --resume: the same metrics as a run never
+    interrupted (every process restores its own random state from the checkpoint)."""
+    import signal
+    import time
+
+    import psutil
+
+    flags = ["--peft", "lora", "--noise", "symmetric:0.6", "--epochs", "3", "--warmup-epochs", "1",
+             "--max-train-samples", "256", "--max-eval-samples", "128", "--seed", "0", "--json"]
+    whole = torchrun("-m", "clearpeft", "train", *flags, "--out", str(tmp_path / "whole"))
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cut = tmp_path / "cut"
+    job = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                            "-m", "clearpeft", "train", *flags, "--out", str(cut)], env=env,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 600
+    while time.time() < deadline:  # wait for the routed steps of the last epoch
+        status = json.loads((cut / "status.json").read_text()) if (cut / "status.json").exists() else {}
+        if status.get("epoch") == 2 and status.get("phase") == "train":
+            break
+        time.sleep(0.2)
+    # torchrun runs its workers in sessions of their own: kill them all, as a crash of the machine would.
+    for process in [*psutil.Process(job.pid).children(recursive=True), psutil.Process(job.pid)]:
+        process.send_signal(signal.SIGKILL)
+    job.wait()
+    resumed = torchrun("-m", "clearpeft", "train", *flags, "--out", str(cut), "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    timing = {"epoch_seconds", "step_seconds", "pass_seconds", "eval_seconds"}
+
+    def rows(run):
+        return [{k: v for k, v in json.loads(line).items() if k not in timing}
+                for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+    assert len(rows(cut)) == 3 and rows(cut) == rows(tmp_path / "whole")
