@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from clearpeft.train import DEFAULT_LR, TrainConfig, train
+from clearpeft.train import DEFAULT_LR, DYNAMICS_FIELDS, TrainConfig, train
 
 pytestmark = pytest.mark.slow
 TIMING = {"epoch_seconds", "step_seconds", "pass_seconds", "eval_seconds"}
@@ -135,3 +135,17 @@ def test_estimate_from_train_uses_the_steps_and_skips_the_pass(lora_run, tmp_pat
     assert cheap[0]["train_loss"] == faithful[0]["train_loss"]
     assert cheap[0]["detect_auc"] != faithful[0]["detect_auc"]
     assert cheap[2]["gate_mean_clean"] != faithful[2]["gate_mean_clean"]
+
+
+def test_no_dynamics_skips_only_the_passes_clear_does_not_use(lora_run, tmp_path):
+    """--no-dynamics: the pass runs before each routed epoch (here after epochs 1 and 2 of 3) and not after the
+    last one; the run trains exactly as with every pass made, only the skipped epoch's dynamics are null."""
+    run, _ = lora_run
+    train(small(tmp_path, "fast", no_dynamics=True), progress=False, log=lambda m: None)
+    fast, full = without_timing(metrics(tmp_path / "fast")), without_timing(metrics(run))
+    assert fast[:2] == full[:2]
+    assert fast[2]["detect_auc"] is None and fast[2]["noisy_memorization"] is None
+    assert full[2]["detect_auc"] is not None
+    unchanged = {k: v for k, v in full[2].items() if k not in DYNAMICS_FIELDS}
+    assert {k: fast[2][k] for k in unchanged} == unchanged
+    assert metrics(tmp_path / "fast")[2]["pass_seconds"] < 0.05 * metrics(run)[2]["pass_seconds"]

@@ -4,7 +4,7 @@ One epoch, in order:
   1. training steps: gates r ~ strategy(p) per layer and sample (Bernoulli(γ) during warm-up, none for plain
      PEFT); loss = CE(f(x; δ_r), ỹ) + λ·CE_soft(f(x; δ_r)/T, f_ens(x)/T) once f_ens exists;
   2. the per-sample pass over the training set (eval mode, no gradient, N routed passes): per-sample loss,
-     f_ens = mean logits, predictions for the training dynamics;
+     f_ens = mean logits, predictions for the training dynamics (--no-dynamics: only where CleaR uses it);
   3. clean probability p from those losses (EMA, GMM), used from the first epoch after warm-up on;
   4. evaluation on test (and dev): all modules on, and the mean of routed passes;
   5. one line of metrics.jsonl and an atomic checkpoint.
@@ -39,6 +39,9 @@ DEFAULT_LR = {"lora": 3e-3, "adapter": 1e-3, "bitfit": 3e-3, "prompt": 3e-2, "fu
 DEFAULT_TEMPERATURE = {"adapter": 0.5}
 DEFAULT_ENSEMBLE = {"lora": 2}
 DEFAULT_LOSS_EMA = {"adapter": 0.9}
+# Metrics of the per-sample pass; null in the epochs that --no-dynamics skips it.
+DYNAMICS_FIELDS = ("clean_learning", "noisy_memorization", "noisy_correction", "detect_precision", "detect_recall",
+                   "detect_auc")
 
 
 @dataclass
@@ -64,8 +67,9 @@ class TrainConfig:
     ensemble: int | None = None
     temperature: float | None = None
     loss_ema: float | None = None
-    eval_passes: int = 3
+    eval_passes: int = 1  # routed test passes; all-on test_acc is the reported mode (README, "Inference mode")
     estimate_from: str = "pass"  # pass: the per-epoch no-gradient pass; train: losses/logits of the epoch's steps
+    no_dynamics: bool = False  # skip the pass where CleaR does not use it (no per-epoch learning/memorization)
     max_length: int = 128
     max_train_samples: int | None = None
     max_eval_samples: int | None = None
@@ -336,34 +340,39 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False, pr
         # Per-sample pass, gated as this epoch's steps: losses -> p, mean logits -> f_ens, predictions -> dynamics.
         next_after_warmup = routed and epoch + 1 >= cfg.warmup_epochs
         passes = cfg.ensemble if routed else 1
-
         pass_draws = torch.rand((passes, n_train, core.num_layers), generator=_generator(cfg.seed, epoch, 1))
 
         def train_gates(index, k):
             return gates_from_draws(strategy, p_tensor[index], cfg.gamma, pass_draws[k, index]) if routed else None
 
+        # CleaR uses the pass before every routed epoch, and every epoch for the adapter's loss EMA; the other
+        # passes only measure the training dynamics (for plain PEFT too), which --no-dynamics skips.
+        used = routed and epoch + 1 < cfg.epochs and (next_after_warmup or cfg.loss_ema > 0)
         pass_started = time.perf_counter()
         status(epoch, "pass")
+        row = {"epoch": epoch, "train_loss": steps["loss"], "train_acc_given": steps["accuracy"]}
         if cfg.estimate_from == "train":  # no extra pass: what the steps saw (train mode, mid-epoch weights)
             ens, losses = steps["logits"], steps["losses"]
-        else:
+        elif used or not cfg.no_dynamics:
             ens, losses = routed_logits(core, data.train, cfg.eval_batch_size, data.pad_id, passes,
                                         train_gates, accelerator)
-        predictions = ens.argmax(-1)
-        estimate = estimator.fit(losses)
-        if world > 1:  # every process must route by the same p: the losses were gathered, the GMM is seeded
-            from accelerate.utils import gather_object
+        else:
+            ens = losses = None
+        if losses is not None:
+            estimate = estimator.fit(losses)
+            if world > 1:  # every process must route by the same p: the losses were gathered, the GMM is seeded
+                from accelerate.utils import gather_object
 
-            if len(set(gather_object([float(np.sum(estimate))]))) != 1:
-                raise RuntimeError("clean probabilities differ between processes")
+                if len(set(gather_object([float(np.sum(estimate))]))) != 1:
+                    raise RuntimeError("clean probabilities differ between processes")
+            if next_after_warmup:
+                p, ens_logits = estimate, ens
+            row.update(training_dynamics(ens.argmax(-1), true_labels, given))
+            row.update(detection_quality(estimate, data.noisy.corrupted))
+            row["clean_prob_fallback"] = estimator.fallback
+        else:
+            row.update(dict.fromkeys(DYNAMICS_FIELDS + ("clean_prob_fallback",)))
         pass_seconds = time.perf_counter() - pass_started
-        if next_after_warmup:
-            p, ens_logits = estimate, ens
-
-        row = {"epoch": epoch, "train_loss": steps["loss"], "train_acc_given": steps["accuracy"]}
-        row.update(training_dynamics(predictions, true_labels, given))
-        row.update(detection_quality(estimate, data.noisy.corrupted))
-        row["clean_prob_fallback"] = estimator.fallback
         corrupted = data.noisy.corrupted
         gate_mean = steps["gate_mean"]
         row["gate_mean_clean"] = float(gate_mean[~corrupted].mean()) if routed and (~corrupted).any() else None
@@ -386,9 +395,11 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False, pr
         status(epoch, "checkpoint")
         save_checkpoint(out, accelerator, epoch, p, ens_logits, estimator.smoothed, train_seconds)
         if progress:
-            log(f"epoch {epoch + 1}: test {row['test_acc']:.4f} (routed {row['test_acc_routed']:.4f})"
+            dynamics = "" if row["detect_auc"] is None else (
                 f"  clean-learn {row['clean_learning']:.3f}  memorize {row['noisy_memorization']:.3f}"
-                f"  AUC {row['detect_auc']:.3f}  {row['epoch_seconds']:.0f}s")
+                f"  AUC {row['detect_auc']:.3f}")
+            log(f"epoch {epoch + 1}: test {row['test_acc']:.4f} (routed {row['test_acc_routed']:.4f}){dynamics}"
+                f"  {row['epoch_seconds']:.0f}s")
 
     if cfg.log_with != "none":
         accelerator.end_training()
