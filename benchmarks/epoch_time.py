@@ -15,7 +15,10 @@ plain PEFT, run with --no-dynamics: no per-sample pass), clear_s (a routed epoch
 pass, as every epoch between warm-up and the last one is), clear_over_plain, clear_train_s (with
 --estimate-from train), clear_train_over_plain, reference_s, reference_over_clear, mfu (training FLOP/s of the
 CleaR steps over the peak FLOP/s of a plain 2048x2048 matmul in the same dtype, measured in the same child),
-peak_rss_mb (of the CleaR run), and the phases of each epoch. clear_run_over_plain is the whole-run ratio of
+peak_rss_mb (of the CleaR run), and the phases of each epoch. clear_train_no_routed_eval_over_plain leaves out
+the routed test passes (--eval-passes 0), which only measure test_acc_routed. The *_within ratios take the
+plain epoch from the CleaR child's own phases (its epoch without the pass and the routed test passes), since
+the machine's speed can drift by 10-30% between children. clear_run_over_plain is the whole-run ratio of
 the cpu.yaml protocol (6 epochs, 3 of warm-up) with --no-dynamics, computed from these measured phases: CleaR
 makes its pass only before each routed epoch (3 of 6 epochs; 5 of 6 for the adapter, whose loss EMA
 smooths over every epoch).
@@ -125,11 +128,14 @@ def child(spec: dict) -> dict:
     if kind == "reference":
         patch_reference_style(spec["peft"])
     cfg = TrainConfig(**spec)
+    import sklearn.metrics  # noqa: F401  imported once per run (~1-2 s), not per epoch: keep it out of the epoch
+    import sklearn.mixture  # noqa: F401
     peak = peak_matmul_flops(torch.bfloat16 if cfg.bf16 else torch.float32)
     train(cfg, overwrite=True, progress=False, log=lambda *a, **k: None)
     metrics = [json.loads(line) for line in (Path(cfg.out) / "metrics.jsonl").read_text().splitlines()]
     row = metrics[0]
-    result = {k: round(row[k], 2) for k in ("epoch_seconds", "step_seconds", "pass_seconds", "eval_seconds")}
+    result = {k: round(row.get(k, 0.0), 2)
+              for k in ("epoch_seconds", "step_seconds", "pass_seconds", "eval_seconds", "eval_routed_seconds")}
     result["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
     if kind == "clear":
         result["train_flops"] = training_flops(cfg.resolved())
@@ -181,6 +187,11 @@ def main() -> None:
                 passes = RUN_EPOCHS - 1 if method == "adapter" else RUN_EPOCHS - RUN_WARMUP
                 clear_run = (RUN_EPOCHS * (clear["epoch_seconds"] - clear["pass_seconds"])
                              + passes * clear["pass_seconds"])
+                # The same ratios from the phases of one child (routed steps cost what plain steps cost, see
+                # step_time.py), immune to the machine changing speed between children.
+                within = {kind: round(t["epoch_seconds"] / (t["epoch_seconds"] - t["pass_seconds"]
+                                                             - t["eval_routed_seconds"]), 3)
+                          for kind, t in times.items() if kind in ("clear", "clear_train")}
                 print(json.dumps({
                     "dataset": dataset, "method": method, "bf16": args.bf16, "quick": args.quick,
                     "plain_s": plain, "clear_s": clear["epoch_seconds"],
@@ -188,12 +199,18 @@ def main() -> None:
                     "clear_run_over_plain": round(clear_run / (RUN_EPOCHS * plain), 3),
                     "clear_train_s": times["clear_train"]["epoch_seconds"],
                     "clear_train_over_plain": round(times["clear_train"]["epoch_seconds"] / plain, 3),
+                    "clear_train_no_routed_eval_over_plain": round(
+                        (times["clear_train"]["epoch_seconds"] - times["clear_train"]["eval_routed_seconds"]) / plain,
+                        3),
                     "reference_s": times["reference"]["epoch_seconds"] if "reference" in times else None,
                     "reference_over_clear": round(times["reference"]["epoch_seconds"] / clear["epoch_seconds"], 3)
                     if "reference" in times else None,
+                    "clear_over_plain_within": within["clear"],
+                    "clear_train_over_plain_within": within["clear_train"],
                     "mfu": clear["mfu"], "peak_matmul_gflops": clear["peak_matmul_gflops"],
                     "peak_rss_mb": clear["peak_rss_mb"],
-                    "phases": {k: {p: v[p] for p in ("step_seconds", "pass_seconds", "eval_seconds")}
+                    "phases": {k: {p: v[p] for p in ("step_seconds", "pass_seconds", "eval_seconds",
+                                                     "eval_routed_seconds")}
                                for k, v in times.items()},
                 }), flush=True)
 

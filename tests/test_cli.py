@@ -96,6 +96,7 @@ BAD = [
     ("gamma above 1", ["train", "--gamma", "1.5", "--out", "{d}/run"], "gamma"),
     ("epochs zero", ["train", "--epochs", "0", "--out", "{d}/run"], "epochs"),
     ("batch size zero", ["train", "--batch-size", "0", "--out", "{d}/run"], "batch-size"),
+    ("negative eval passes", ["train", "--eval-passes", "-1", "--out", "{d}/run"], "eval-passes"),
     ("model folder without config", ["train", "--model", "{d}", "--out", "{d}/run"], "config.json"),
     ("model that is not an encoder", ["train", "--model", "{d}/gpt2", "--max-train-samples", "8",
                                       "--out", "{d}/run"], "not an encoder"),

@@ -9,14 +9,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from clearpeft.train import TIMING_FIELDS
+
 pytestmark = pytest.mark.slow
 HELPERS = Path(__file__).parent / "helpers"
 
 
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+TORCHRUN_ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(HELPERS)}
+
+
 def torchrun(*args, cwd=None):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(HELPERS)}
-    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                           *args], capture_output=True, text=True, env=env, cwd=cwd, timeout=900)
+    return subprocess.run([*TORCHRUN, *args], capture_output=True, text=True, env=TORCHRUN_ENV, cwd=cwd, timeout=900)
 
 
 def test_gathered_pass_equals_one_process(tmp_path):
@@ -94,10 +98,8 @@ def test_two_process_run_killed_and_resumed_matches_uninterrupted(tmp_path):
              "--max-train-samples", "256", "--max-eval-samples", "128", "--seed", "0", "--json"]
     whole = torchrun("-m", "clearpeft", "train", *flags, "--out", str(tmp_path / "whole"))
     assert whole.returncode == 0, whole.stderr[-3000:]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cut = tmp_path / "cut"
-    job = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                            "-m", "clearpeft", "train", *flags, "--out", str(cut)], env=env,
+    job = subprocess.Popen([*TORCHRUN, "-m", "clearpeft", "train", *flags, "--out", str(cut)], env=TORCHRUN_ENV,
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 600
     while time.time() < deadline:  # wait for the routed steps of the last epoch
@@ -111,10 +113,8 @@ def test_two_process_run_killed_and_resumed_matches_uninterrupted(tmp_path):
     job.wait()
     resumed = torchrun("-m", "clearpeft", "train", *flags, "--out", str(cut), "--resume")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    timing = {"epoch_seconds", "step_seconds", "pass_seconds", "eval_seconds"}
-
     def rows(run):
-        return [{k: v for k, v in json.loads(line).items() if k not in timing}
+        return [{k: v for k, v in json.loads(line).items() if k not in TIMING_FIELDS}
                 for line in (run / "metrics.jsonl").read_text().splitlines()]
 
     assert len(rows(cut)) == 3 and rows(cut) == rows(tmp_path / "whole")

@@ -9,8 +9,9 @@ import time
 
 import pytest
 
+from clearpeft.train import TIMING_FIELDS
+
 pytestmark = pytest.mark.slow
-TIMING = {"epoch_seconds", "step_seconds", "pass_seconds", "eval_seconds"}
 
 
 def command(out, *extra):
@@ -21,7 +22,7 @@ def command(out, *extra):
 
 
 def rows(run):
-    return [{k: v for k, v in json.loads(line).items() if k not in TIMING}
+    return [{k: v for k, v in json.loads(line).items() if k not in TIMING_FIELDS}
             for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 

@@ -8,10 +8,9 @@ import sys
 
 import pytest
 
-from clearpeft.train import DEFAULT_LR, DYNAMICS_FIELDS, TrainConfig, train
+from clearpeft.train import DEFAULT_LR, DYNAMICS_FIELDS, TIMING_FIELDS, TrainConfig, train
 
 pytestmark = pytest.mark.slow
-TIMING = {"epoch_seconds", "step_seconds", "pass_seconds", "eval_seconds"}
 
 
 def small(tmp_path, name, **overrides):
@@ -27,7 +26,7 @@ def metrics(run):
 
 
 def without_timing(rows):
-    return [{k: v for k, v in r.items() if k not in TIMING} for r in rows]
+    return [{k: v for k, v in r.items() if k not in TIMING_FIELDS} for r in rows]
 
 
 @pytest.fixture(scope="module")
@@ -137,12 +136,18 @@ def test_estimate_from_train_uses_the_steps_and_skips_the_pass(lora_run, tmp_pat
     assert cheap[2]["gate_mean_clean"] != faithful[2]["gate_mean_clean"]
 
 
-def test_no_dynamics_skips_only_the_passes_clear_does_not_use(lora_run, tmp_path):
-    """--no-dynamics: the pass runs before each routed epoch (here after epochs 1 and 2 of 3) and not after the
-    last one; the run trains exactly as with every pass made, only the skipped epoch's dynamics are null."""
+def test_fast_settings_skip_only_what_clear_does_not_use(lora_run, tmp_path):
+    """--no-dynamics makes the pass only before routed epochs (here after epochs 1 and 2 of 3, not after the last),
+    --eval-passes 0 skips the routed test passes; the run trains exactly as with both, only the skipped
+    metrics are null."""
     run, _ = lora_run
-    train(small(tmp_path, "fast", no_dynamics=True), progress=False, log=lambda m: None)
+    summary = train(small(tmp_path, "fast", no_dynamics=True, eval_passes=0), progress=False, log=lambda m: None)
     fast, full = without_timing(metrics(tmp_path / "fast")), without_timing(metrics(run))
+    assert all(row.pop("test_acc_routed") is None for row in fast)
+    assert summary["peak_acc_routed"] is None
+    assert summary["peak_acc"] == json.loads((run / "summary.json").read_text())["peak_acc"]
+    for row in full:
+        del row["test_acc_routed"]
     assert fast[:2] == full[:2]
     assert fast[2]["detect_auc"] is None and fast[2]["noisy_memorization"] is None
     assert full[2]["detect_auc"] is not None

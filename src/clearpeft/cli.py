@@ -22,7 +22,8 @@ HELP = {
     "reg_weight": "λ of the consistency regularization; 0 turns it off",
     "ensemble": "N routed passes averaged into f_ens (default 2 for LoRA, 1 otherwise)",
     "loss_ema": "weight of the previous epoch's loss in the loss EMA (default 0.9 adapter, 0 = off otherwise)",
-    "eval_passes": "routed test passes averaged for test_acc_routed (test_acc, all modules on, is the headline)",
+    "eval_passes": "routed test passes averaged for test_acc_routed (0: no routed evaluation); test_acc, all "
+                   "modules on, is the headline",
     "estimate_from": "pass: p and f_ens from a no-gradient pass after each epoch (faithful, default); train: from "
                      "the losses and logits of the epoch's own training steps (no extra pass)",
     "no_dynamics": "make the per-sample pass only where CleaR uses it (before routed epochs; never for plain PEFT): "

@@ -39,6 +39,8 @@ DEFAULT_LR = {"lora": 3e-3, "adapter": 1e-3, "bitfit": 3e-3, "prompt": 3e-2, "fu
 DEFAULT_TEMPERATURE = {"adapter": 0.5}
 DEFAULT_ENSEMBLE = {"lora": 2}
 DEFAULT_LOSS_EMA = {"adapter": 0.9}
+# Fields of a metrics.jsonl line that differ between identical runs (wall-clock times).
+TIMING_FIELDS = frozenset({"epoch_seconds", "step_seconds", "pass_seconds", "eval_seconds", "eval_routed_seconds"})
 # Metrics of the per-sample pass; null in the epochs that --no-dynamics skips it.
 DYNAMICS_FIELDS = ("clean_learning", "noisy_memorization", "noisy_correction", "detect_precision", "detect_recall",
                    "detect_auc")
@@ -67,7 +69,7 @@ class TrainConfig:
     ensemble: int | None = None
     temperature: float | None = None
     loss_ema: float | None = None
-    eval_passes: int = 1  # routed test passes; all-on test_acc is the reported mode (README, "Inference mode")
+    eval_passes: int = 1  # routed test passes (0: none); all-on test_acc is the reported mode
     estimate_from: str = "pass"  # pass: the per-epoch no-gradient pass; train: losses/logits of the epoch's steps
     no_dynamics: bool = False  # skip the pass where CleaR does not use it (no per-epoch learning/memorization)
     max_length: int = 128
@@ -101,10 +103,12 @@ class TrainConfig:
         c.ensemble = DEFAULT_ENSEMBLE.get(c.peft, 1) if c.ensemble is None else c.ensemble
         if c.loss_ema is None:
             c.loss_ema = DEFAULT_LOSS_EMA.get(c.peft, 0.0)
-        for name in ("epochs", "batch_size", "eval_batch_size", "ensemble", "eval_passes", "max_length",
+        for name in ("epochs", "batch_size", "eval_batch_size", "ensemble", "max_length",
                      "lora_rank", "prompt_length", "adapter_size"):
             if getattr(c, name) < 1:
                 raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(c, name)}")
+        if c.eval_passes < 0:
+            raise UserError(f"--eval-passes must be at least 0, got {c.eval_passes}")
         for name in ("max_train_samples", "max_eval_samples"):
             if getattr(c, name) is not None and getattr(c, name) < 1:
                 raise UserError(f"--{name.replace('_', '-')} must be at least 1")
@@ -398,8 +402,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False, pr
             dynamics = "" if row["detect_auc"] is None else (
                 f"  clean-learn {row['clean_learning']:.3f}  memorize {row['noisy_memorization']:.3f}"
                 f"  AUC {row['detect_auc']:.3f}")
-            log(f"epoch {epoch + 1}: test {row['test_acc']:.4f} (routed {row['test_acc_routed']:.4f}){dynamics}"
-                f"  {row['epoch_seconds']:.0f}s")
+            routed_acc = "" if row["test_acc_routed"] is None else f" (routed {row['test_acc_routed']:.4f})"
+            log(f"epoch {epoch + 1}: test {row['test_acc']:.4f}{routed_acc}{dynamics}  {row['epoch_seconds']:.0f}s")
 
     if cfg.log_with != "none":
         accelerator.end_training()
@@ -477,7 +481,12 @@ def evaluate(core, data: Prepared, cfg: TrainConfig, epoch: int, accelerator) ->
     out = {}
     logits, _ = routed_logits(core, data.test, cfg.eval_batch_size, data.pad_id, 1, all_on, accelerator)
     out["test_acc"] = accuracy(logits.argmax(-1), data.test.labels)
-    if cfg.routing != "none":
+    routed_started = time.perf_counter()
+    if cfg.routing == "none":
+        out["test_acc_routed"] = out["test_acc"]
+    elif cfg.eval_passes == 0:
+        out["test_acc_routed"] = None
+    else:
         draws = torch.rand((cfg.eval_passes, len(data.test), core.num_layers), generator=_generator(cfg.seed, epoch, 2))
         ones = torch.ones(1)
 
@@ -487,8 +496,7 @@ def evaluate(core, data: Prepared, cfg: TrainConfig, epoch: int, accelerator) ->
         logits, _ = routed_logits(core, data.test, cfg.eval_batch_size, data.pad_id, cfg.eval_passes,
                                   random_gates, accelerator)
         out["test_acc_routed"] = accuracy(logits.argmax(-1), data.test.labels)
-    else:
-        out["test_acc_routed"] = out["test_acc"]
+    out["eval_routed_seconds"] = time.perf_counter() - routed_started  # of eval_seconds: the routed test passes
     if data.dev is not None:
         logits, _ = routed_logits(core, data.dev, cfg.eval_batch_size, data.pad_id, 1, all_on, accelerator)
         out["dev_acc"] = accuracy(logits.argmax(-1), data.dev.labels)
@@ -497,7 +505,8 @@ def evaluate(core, data: Prepared, cfg: TrainConfig, epoch: int, accelerator) ->
 
 def summarize(cfg: TrainConfig, data: Prepared, history: list[dict], core, train_seconds: float) -> dict:
     summary = summarize_curve([m["test_acc"] for m in history])
-    routed = summarize_curve([m["test_acc_routed"] for m in history])
+    routed_curve = [m["test_acc_routed"] for m in history]
+    routed = summarize_curve(routed_curve) if None not in routed_curve else dict.fromkeys(summary)
     summary.update({f"{k}_routed": v for k, v in routed.items()})
     if "dev_acc" in history[0]:
         summary.update({f"dev_{k}": v for k, v in summarize_curve([m["dev_acc"] for m in history]).items()})
