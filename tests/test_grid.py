@@ -143,7 +143,7 @@ extra:
     assert by_folder["sst5/symmetric-0.6/bitfit-noisy-reg0-s1"].config.reg_weight == 0.0
 
 
-@pytest.mark.parametrize("name, runs", [("cpu.yaml", 68), ("paper.yaml", 447)])
+@pytest.mark.parametrize("name, runs", [("cpu.yaml", 69), ("paper.yaml", 447)])
 def test_shipped_configs_load(name, runs):
     planned = load_grid(REPO / "experiments" / name)
     assert len(planned) == runs
@@ -159,7 +159,7 @@ def test_speed_configs_are_the_cpu_cells_with_one_setting_changed():
     from dataclasses import replace
 
     cpu = {r.cell.folder: r.config for r in load_grid(REPO / "experiments" / "cpu.yaml")}
-    for name, change in (("bf16.yaml", {"bf16": True}), ("estimate_train.yaml", {"estimate_from": "train"})):
+    for name, change in (("fp32.yaml", {"bf16": False}), ("estimate_train.yaml", {"estimate_from": "train"})):
         planned = load_grid(REPO / "experiments" / "speed" / name)
         assert planned and all(r.cell.method == "lora" and r.cell.routing == "clean" for r in planned)
         for run in planned:
