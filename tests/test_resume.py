@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -43,9 +44,17 @@ def kill_when(run, proc, epoch, phase, delay=0.0):
     proc.wait()
 
 
-def test_kill_at_three_moments_and_resume_matches_uninterrupted(tmp_path):
-    whole = subprocess.run(command(tmp_path / "whole"), capture_output=True, text=True, timeout=900)
-    assert whole.returncode == 0, whole.stderr[-2000:]
+@pytest.fixture(scope="module")
+def whole(tmp_path_factory):
+    """One uninterrupted run, the reference of both tests (and the damaged test's starting point)."""
+    run = tmp_path_factory.mktemp("resume") / "whole"
+    done = subprocess.run(command(run), capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return run, json.loads(done.stdout)
+
+
+def test_kill_at_three_moments_and_resume_matches_uninterrupted(tmp_path, whole):
+    reference, summary = whole
 
     run = tmp_path / "killed"
     moments = [(1, "train", 1.0),   # a training step during warm-up
@@ -59,14 +68,13 @@ def test_kill_at_three_moments_and_resume_matches_uninterrupted(tmp_path):
     again = subprocess.run(command(run, "--resume"), capture_output=True, text=True, timeout=900)
     assert again.returncode == 0, again.stderr[-2000:]
     assert "resuming after epoch 3" in again.stderr
-    assert rows(run) == rows(tmp_path / "whole")
-    assert json.loads(again.stdout)["avg_acc"] == json.loads(whole.stdout)["avg_acc"]
+    assert rows(run) == rows(reference)
+    assert json.loads(again.stdout)["avg_acc"] == summary["avg_acc"]
 
 
-def test_damaged_checkpoint_falls_back_to_the_previous(tmp_path):
+def test_damaged_checkpoint_falls_back_to_the_previous(tmp_path, whole):
     run = tmp_path / "run"
-    first = subprocess.run(command(run), capture_output=True, text=True, timeout=900)
-    assert first.returncode == 0, first.stderr[-2000:]
+    shutil.copytree(whole[0], run)
     reference = rows(run)
     newest = run / "checkpoints" / "epoch-3"
     weights = next(newest.glob("*.safetensors"))

@@ -15,7 +15,7 @@ pytestmark = pytest.mark.slow
 
 def small(tmp_path, name, **overrides):
     values = dict(dataset="sst5", peft="lora", routing="clean", noise="symmetric:0.6", epochs=3, warmup_epochs=1,
-                  max_train_samples=256, max_eval_samples=128, batch_size=16, seed=0, eval_passes=2,
+                  max_train_samples=192, max_eval_samples=96, batch_size=16, seed=0, eval_passes=2,
                   out=str(tmp_path / name))
     values.update(overrides)
     return TrainConfig(**values)
@@ -60,10 +60,10 @@ def test_run_folder_files_and_fields(lora_run):
     accs = [r["test_acc"] for r in rows]
     assert summary["peak_acc"] == max(accs) and math.isclose(summary["avg_acc"], sum(accs) / 3)
     assert summary["last_acc"] == accs[-1] and summary["trainable_params"] == 38789
-    assert abs(summary["realized_noise_rate"] - 0.48) < 0.08  # 256 samples of 60% symmetric noise
+    assert abs(summary["realized_noise_rate"] - 0.48) < 0.08  # 192 samples of 60% symmetric noise
     with open(run / "clean_probs.csv") as handle:
         probs = list(csv.DictReader(handle))
-    assert len(probs) == 256
+    assert len(probs) == 192
     values = [float(r["clean_prob"]) for r in probs]
     assert values == sorted(values) and 0.0 <= values[0] <= values[-1] <= 1.0
     config = json.loads((run / "config.json").read_text())
