@@ -143,7 +143,7 @@ extra:
     assert by_folder["sst5/symmetric-0.6/bitfit-noisy-reg0-s1"].config.reg_weight == 0.0
 
 
-@pytest.mark.parametrize("name, runs", [("cpu.yaml", 69), ("paper.yaml", 447)])
+@pytest.mark.parametrize("name, runs", [("cpu.yaml", 70), ("paper.yaml", 447)])
 def test_shipped_configs_load(name, runs):
     planned = load_grid(REPO / "experiments" / name)
     assert len(planned) == runs
