@@ -20,9 +20,8 @@ the routed test passes (--eval-passes 0), which only measure test_acc_routed. Th
 plain epoch from the CleaR child's own phases (its epoch without the pass and the routed test passes), since
 the machine's speed can drift by 10-30% between children. clear_run_over_plain is the whole-run ratio of
 the cpu.yaml protocol (6 epochs, 3 of warm-up) with --no-dynamics, computed the same way from the CleaR child's
-measured phases: CleaR
-makes its pass only before each routed epoch (3 of 6 epochs; 5 of 6 for the adapter, whose loss EMA
-smooths over every epoch).
+measured phases: CleaR makes its pass only before each routed epoch (3 of 6 epochs; 5 of 6 for the adapter,
+whose loss EMA smooths over every epoch).
 """
 
 from __future__ import annotations
