@@ -1,7 +1,6 @@
 """End-to-end training runs on a few hundred real SST-5 samples with the real default backbone."""
 
 import csv
-import inspect
 import json
 import math
 import subprocess
@@ -129,13 +128,18 @@ def count_training_passes(monkeypatch) -> list:
     """Record every pass over the training split (the per-epoch passes and the final one), counted, not timed."""
     import clearpeft.train as module
 
-    calls, real = [], module.routed_logits
+    calls, prepared, real_prepare, real_pass = [], [], module.prepare_data, module.routed_logits
+
+    def keep_data(*args, **kwargs):
+        prepared.append(real_prepare(*args, **kwargs))
+        return prepared[-1]
 
     def counting(core, split, *args, **kwargs):
-        if "data.train" in (inspect.getframeinfo(sys._getframe(1)).code_context or [""])[0]:
+        if split is prepared[-1].train:
             calls.append(split)
-        return real(core, split, *args, **kwargs)
+        return real_pass(core, split, *args, **kwargs)
 
+    monkeypatch.setattr(module, "prepare_data", keep_data)
     monkeypatch.setattr(module, "routed_logits", counting)
     return calls
 
