@@ -20,8 +20,8 @@ the routed test passes (--eval-passes 0), which only measure test_acc_routed. Th
 plain epoch from the CleaR child's own phases (its epoch without the pass and the routed test passes), since
 the machine's speed can drift by 10-30% between children. clear_run_over_plain is the whole-run ratio of
 the cpu.yaml protocol (6 epochs, 3 of warm-up) with --no-dynamics, computed the same way from the CleaR child's
-measured phases: CleaR makes its pass only before each routed epoch (3 of 6 epochs; 5 of 6 for the adapter,
-whose loss EMA smooths over every epoch).
+measured phases: CleaR makes its pass only before each routed epoch (3 of 6 epochs, for every method: the
+adapter's loss EMA starts at the end of warm-up).
 """
 
 from __future__ import annotations
@@ -184,7 +184,7 @@ def main() -> None:
                     spec = {**spec, "kind": "clear" if kind == "clear" else kind, "out": f"{tmp}/{kind}"}
                     times[kind] = run_child(spec)
                 clear, plain = times["clear"], times["plain"]["epoch_seconds"]
-                passes = RUN_EPOCHS - 1 if method == "adapter" else RUN_EPOCHS - RUN_WARMUP
+                passes = RUN_EPOCHS - RUN_WARMUP
                 # Whole run against plain, both from the CleaR child's phases (as the *_within ratios below).
                 clear_base = clear["epoch_seconds"] - clear["pass_seconds"] - clear["eval_routed_seconds"]
                 clear_run = (RUN_EPOCHS * (clear["epoch_seconds"] - clear["pass_seconds"])

@@ -33,6 +33,18 @@ def test_ema_smooths_across_epochs():
     assert np.allclose(est.smoothed, 0.9 * losses)
 
 
+def test_unsmoothed_fit_leaves_the_ema_alone():
+    """The trainer's warm-up passes measure p without entering the adapter's loss EMA (reference code)."""
+    losses, corrupted = two_populations()
+    est = CleanProbability(ema=0.9, seed=0)
+    p = est.fit(losses, smooth=False)
+    assert est.smoothed is None and detection_quality(p, corrupted)["detect_auc"] > 0.99
+    est.fit(losses)                       # the first smoothed fit starts the EMA at the raw losses
+    assert np.array_equal(est.smoothed, losses)
+    est.fit(np.zeros_like(losses), smooth=False)
+    assert np.array_equal(est.smoothed, losses)
+
+
 @pytest.mark.parametrize("losses,why", [
     (np.full(50, 0.7), "distinct"),
     (np.array([1.0]), "distinct"),

@@ -6,6 +6,7 @@ import math
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from clearpeft.train import DEFAULT_LR, DYNAMICS_FIELDS, TIMING_FIELDS, TrainConfig, train
@@ -125,7 +126,8 @@ def test_yaml_config_with_flag_override(tmp_path):
 
 
 def count_training_passes(monkeypatch) -> list:
-    """Record every pass over the training split (the per-epoch passes and the final one), counted, not timed."""
+    """Record every pass over the training split (the per-epoch passes and the final one), counted, not timed:
+    one entry per pass, the mean gate of its first routed draw over all samples (None: every module on)."""
     import clearpeft.train as module
 
     calls, prepared, real_prepare, real_pass = [], [], module.prepare_data, module.routed_logits
@@ -134,10 +136,11 @@ def count_training_passes(monkeypatch) -> list:
         prepared.append(real_prepare(*args, **kwargs))
         return prepared[-1]
 
-    def counting(core, split, *args, **kwargs):
+    def counting(core, split, batch_size, pad_id, passes, gates_for, accelerator):
         if split is prepared[-1].train:
-            calls.append(split)
-        return real_pass(core, split, *args, **kwargs)
+            gates = gates_for(np.arange(len(split)), 0)
+            calls.append(None if gates is None else float(gates.mean()))
+        return real_pass(core, split, batch_size, pad_id, passes, gates_for, accelerator)
 
     monkeypatch.setattr(module, "prepare_data", keep_data)
     monkeypatch.setattr(module, "routed_logits", counting)
@@ -157,6 +160,26 @@ def test_estimate_from_train_uses_the_steps_and_skips_the_pass(lora_run, tmp_pat
     assert cheap[0]["train_loss"] == faithful[0]["train_loss"]
     assert cheap[0]["detect_auc"] != faithful[0]["detect_auc"]
     assert cheap[2]["gate_mean_clean"] != faithful[2]["gate_mean_clean"]
+
+
+@pytest.mark.parametrize("pass_gates", ["random", "routed"])
+def test_pass_gates_do_not_depend_on_p(tmp_path, monkeypatch, pass_gates):
+    """The per-sample pass after a routed epoch draws Bernoulli(γ) gates for every sample (the reference code's
+    pass): a sample routed off in training is still measured with its modules. --pass-gates routed draws them as
+    the steps do, by γ·p, so the gates of the pass fall with p."""
+    passes = count_training_passes(monkeypatch)
+    train(small(tmp_path, pass_gates, pass_gates=pass_gates, epochs=3, no_dynamics=True, eval_passes=0),
+          progress=False, log=lambda m: None)
+    rows = metrics(tmp_path / pass_gates)
+    # Passes after epoch 1 (warm-up: Bernoulli(γ) either way) and epoch 2 (routed), then the final all-on pass.
+    assert len(passes) == 3 and passes[2] is None
+    assert abs(passes[0] - 0.85) < 0.03
+    steps_gate = (rows[1]["gate_mean_clean"] + rows[1]["gate_mean_corrupted"]) / 2  # epoch 2's steps: γ·p
+    assert steps_gate < 0.8
+    if pass_gates == "random":
+        assert abs(passes[1] - 0.85) < 0.03
+    else:
+        assert passes[1] < 0.8 and abs(passes[1] - steps_gate) < 0.1
 
 
 def test_fast_settings_skip_only_what_clear_does_not_use(lora_run, tmp_path, monkeypatch):

@@ -26,6 +26,8 @@ HELP = {
                    "modules on, is the headline",
     "estimate_from": "pass: p and f_ens from a no-gradient pass after each epoch (faithful, default); train: from "
                      "the losses and logits of the epoch's own training steps (no extra pass)",
+    "pass_gates": "gates of that pass: random = Bernoulli(γ) for every sample, independent of p (reference code, "
+                  "default); routed = drawn as the epoch's steps (by p), which lets p feed on itself",
     "no_dynamics": "make the per-sample pass only where CleaR uses it (before routed epochs; never for plain PEFT): "
                    "faster, without the per-epoch learning, memorization and detection metrics",
     "bf16": "bf16 autocast (CPU with AVX-512 BF16, or GPU)",

@@ -60,15 +60,19 @@ class CleanProbability:
     smoothed: np.ndarray | None = field(default=None, repr=False)
     fallback: str | None = None
 
-    def fit(self, losses: np.ndarray) -> np.ndarray:
+    def fit(self, losses: np.ndarray, smooth: bool = True) -> np.ndarray:
+        """p from this epoch's losses. ``smooth=False`` fits the raw losses and leaves the EMA untouched: the
+        trainer's warm-up passes, which only measure, do not enter the EMA (the reference code starts it with
+        the first routed epoch)."""
         losses = np.asarray(losses, dtype=np.float64).copy()
         finite = np.isfinite(losses)
         if not finite.all():
             self._warn(f"{int((~finite).sum())} non-finite losses replaced by the largest finite loss")
             losses[~finite] = losses[finite].max() if finite.any() else 0.0
-        if self.ema is not None and self.smoothed is not None and self.smoothed.shape == losses.shape:
-            losses = self.ema * self.smoothed + (1.0 - self.ema) * losses
-        self.smoothed = losses
+        if smooth:
+            if self.ema is not None and self.smoothed is not None and self.smoothed.shape == losses.shape:
+                losses = self.ema * self.smoothed + (1.0 - self.ema) * losses
+            self.smoothed = losses
         self.fallback = None
         if np.unique(losses).size < 2:
             return self._all_clean(losses, "fewer than two distinct loss values")

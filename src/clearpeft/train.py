@@ -71,6 +71,7 @@ class TrainConfig:
     loss_ema: float | None = None
     eval_passes: int = 1  # routed test passes (0: none); all-on test_acc is the reported mode
     estimate_from: str = "pass"  # pass: the per-epoch no-gradient pass; train: losses/logits of the epoch's steps
+    pass_gates: str = "random"  # gates of that pass: random = Bernoulli(γ) for all (reference); routed = as the steps
     no_dynamics: bool = False  # skip the pass where CleaR does not use it (no per-epoch learning/memorization)
     max_length: int = 128
     max_train_samples: int | None = None
@@ -124,6 +125,8 @@ class TrainConfig:
             raise UserError("--reg-weight, --weight-decay and --warmup-epochs must not be negative")
         if c.estimate_from not in ("pass", "train"):
             raise UserError(f"--estimate-from must be pass or train, got {c.estimate_from!r}")
+        if c.pass_gates not in ("random", "routed"):
+            raise UserError(f"--pass-gates must be random or routed, got {c.pass_gates!r}")
         if c.log_with not in ("none", "tensorboard", "wandb", "all"):
             raise UserError("--log-with must be none, tensorboard, wandb or all")
         return c
@@ -341,17 +344,23 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False, pr
                             n_train, bar)
         step_seconds = time.perf_counter() - started
 
-        # Per-sample pass, gated as this epoch's steps: losses -> p, mean logits -> f_ens, predictions -> dynamics.
+        # Per-sample pass: losses -> p, mean logits -> f_ens, predictions -> dynamics. Its gates are Bernoulli(γ)
+        # for every sample, whatever p is, as in the reference code (its pass runs with routing by p switched
+        # off). Gating the pass by p (--pass-gates routed) measures a routed-off sample without its modules, so
+        # its loss stays high and its p low: the estimate feeds on itself.
         next_after_warmup = routed and epoch + 1 >= cfg.warmup_epochs
         passes = cfg.ensemble if routed else 1
         pass_draws = torch.rand((passes, n_train, core.num_layers), generator=_generator(cfg.seed, epoch, 1))
+        pass_strategy = strategy if cfg.pass_gates == "routed" else "random"
 
         def train_gates(index, k):
-            return gates_from_draws(strategy, p_tensor[index], cfg.gamma, pass_draws[k, index]) if routed else None
+            return gates_from_draws(pass_strategy, p_tensor[index], cfg.gamma, pass_draws[k, index]) \
+                if routed else None
 
-        # CleaR uses the pass before every routed epoch, and every epoch for the adapter's loss EMA; the other
-        # passes only measure the training dynamics (for plain PEFT too), which --no-dynamics skips.
-        used = routed and epoch + 1 < cfg.epochs and (next_after_warmup or cfg.loss_ema > 0)
+        # CleaR uses the pass before every routed epoch (the adapter's loss EMA starts with the first of them, as
+        # in the reference code); the other passes only measure the training dynamics (for plain PEFT too),
+        # which --no-dynamics skips.
+        used = next_after_warmup and epoch + 1 < cfg.epochs
         pass_started = time.perf_counter()
         status(epoch, "pass")
         row = {"epoch": epoch, "train_loss": steps["loss"], "train_acc_given": steps["accuracy"]}
@@ -363,7 +372,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False, pr
         else:
             ens = losses = None
         if losses is not None:
-            estimate = estimator.fit(losses)
+            estimate = estimator.fit(losses, smooth=next_after_warmup)
             if world > 1:  # every process must route by the same p: the losses were gathered, the GMM is seeded
                 from accelerate.utils import gather_object
 
