@@ -191,6 +191,23 @@ def tiny_grid(tmp_path_factory):
     return config, root / "whole"
 
 
+def test_a_run_older_than_a_config_field_resumes_as_that_fields_default(tmp_path):
+    """A field added to TrainConfig after a run was made is missing from its config.json: the run used the
+    field's default, so resuming it with the default is the same run, and with another value it is not."""
+    from dataclasses import asdict
+
+    from clearpeft import runs
+    from clearpeft.train import TrainConfig, config_defaults
+
+    config = asdict(TrainConfig(out=str(tmp_path)))
+    older = {k: v for k, v in config.items() if k != "gate_weighted_loss"}
+    (tmp_path / runs.CONFIG).write_text(json.dumps(older))
+    assert runs.check_run_dir(tmp_path, config, resume=True, overwrite=False, defaults=config_defaults()) == tmp_path
+    with pytest.raises(UserError, match=r"different config \(gate_weighted_loss\)"):
+        runs.check_run_dir(tmp_path, {**config, "gate_weighted_loss": True}, resume=True, overwrite=False,
+                           defaults=config_defaults())
+
+
 @pytest.mark.slow
 def test_killed_grid_restarts_without_redoing_finished_runs(tiny_grid):
     config, whole = tiny_grid

@@ -182,6 +182,16 @@ def test_pass_gates_do_not_depend_on_p(tmp_path, monkeypatch, pass_gates):
         assert passes[1] < 0.8 and abs(passes[1] - steps_gate) < 0.1
 
 
+def test_gate_weighted_loss_changes_only_routed_epochs(lora_run, tmp_path):
+    """The --gate-weighted-loss diagnosis leaves warm-up alone (every sample is gated by γ there) and changes the
+    routed epochs, where samples routed off no longer train the head."""
+    run, _ = lora_run
+    train(small(tmp_path, "weighted", gate_weighted_loss=True), progress=False, log=lambda m: None)
+    weighted, faithful = without_timing(metrics(tmp_path / "weighted")), without_timing(metrics(run))
+    assert weighted[0] == faithful[0]
+    assert weighted[2]["train_loss"] != faithful[2]["train_loss"]
+
+
 def test_fast_settings_skip_only_what_clear_does_not_use(lora_run, tmp_path, monkeypatch):
     """--no-dynamics makes the pass only before routed epochs (here after epochs 1 and 2 of 3, not after the last),
     --eval-passes 0 skips the routed test passes; the run trains exactly as with both, only the skipped

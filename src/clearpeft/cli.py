@@ -28,6 +28,8 @@ HELP = {
                      "the losses and logits of the epoch's own training steps (no extra pass)",
     "pass_gates": "gates of that pass: random = Bernoulli(γ) for every sample, independent of p (reference code, "
                   "default); routed = drawn as the epoch's steps (by p), which lets p feed on itself",
+    "gate_weighted_loss": "diagnosis, not part of CleaR: weight each sample's loss by the share of its layers routed "
+                          "on, so a sample routed off trains neither its modules nor the never-routed head",
     "no_dynamics": "make the per-sample pass only where CleaR uses it (before routed epochs; never for plain PEFT): "
                    "faster, without the per-epoch learning, memorization and detection metrics",
     "bf16": "bf16 autocast (CPU with AVX-512 BF16, or GPU)",

@@ -55,7 +55,16 @@ def identity(config: dict) -> dict:
     return {k: v for k, v in config.items() if k not in NON_IDENTITY}
 
 
-def check_run_dir(out: str | Path, config: dict, resume: bool, overwrite: bool) -> Path:
+def config_diff(old: dict, new: dict, defaults: dict) -> list[str]:
+    """Identity fields in which the run ``old`` (a config.json) differs from ``new``. A field the old file lacks
+    was added to clearpeft after that run was made, which then ran as the field's default: it counts as that. (A new
+    field whose default changes what runs do breaks this; pass_gates did, and the CleaR runs made before it were
+    moved to results/cpu_routed_pass and redone.)"""
+    old, new = identity({**defaults, **old}), identity(new)
+    return sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+
+
+def check_run_dir(out: str | Path, config: dict, resume: bool, overwrite: bool, defaults: dict) -> Path:
     """Refuse, before any work and without touching anything, a folder that cannot take this run."""
     out = Path(out)
     if out.exists() and not out.is_dir():
@@ -65,11 +74,10 @@ def check_run_dir(out: str | Path, config: dict, resume: bool, overwrite: bool) 
         if not resume:
             raise UserError(f"{out} already holds a run: use --resume to continue it or --overwrite to replace it")
         try:
-            old = identity(json.loads(existing.read_text()))
+            old = json.loads(existing.read_text())
         except (OSError, ValueError) as exc:
             raise UserError(f"--resume {out}: its config.json is unreadable ({exc}); use --overwrite") from exc
-        new = identity(config)
-        diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+        diff = config_diff(old, config, defaults)
         if diff:
             raise UserError(f"--resume {out}: the folder holds a run with a different config ({', '.join(diff)})")
     elif not existing.exists() and out.exists() and any(out.iterdir()) and not overwrite:

@@ -21,7 +21,7 @@ import json
 import math
 import shutil
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -73,6 +73,7 @@ class TrainConfig:
     estimate_from: str = "pass"  # pass: the per-epoch no-gradient pass; train: losses/logits of the epoch's steps
     pass_gates: str = "random"  # gates of that pass: random = Bernoulli(γ) for all (reference); routed = as the steps
     no_dynamics: bool = False  # skip the pass where CleaR does not use it (no per-epoch learning/memorization)
+    gate_weighted_loss: bool = False  # diagnosis, not CleaR: a sample's loss counts by its share of layers routed on
     max_length: int = 128
     max_train_samples: int | None = None
     max_eval_samples: int | None = None
@@ -134,6 +135,11 @@ class TrainConfig:
     @classmethod
     def field_names(cls) -> list[str]:
         return [f.name for f in fields(cls)]
+
+
+def config_defaults() -> dict:
+    """TrainConfig's defaults: what a run made before a field existed is taken to have used (runs.config_diff)."""
+    return {f.name: f.default for f in fields(TrainConfig) if f.default is not MISSING}
 
 
 @dataclass
@@ -228,9 +234,9 @@ def routed_logits(core, split, batch_size: int, pad_id: int, passes: int, gates_
 
 
 def soft_cross_entropy(logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
-    """-Σ_c softmax(teacher/T)_c · log softmax(logits/T)_c, the teacher detached."""
+    """-Σ_c softmax(teacher/T)_c · log softmax(logits/T)_c per sample, the teacher detached."""
     target = F.softmax(teacher_logits.detach() / temperature, dim=-1)
-    return -(target * F.log_softmax(logits / temperature, dim=-1)).sum(-1).mean()
+    return -(target * F.log_softmax(logits / temperature, dim=-1)).sum(-1)
 
 
 def library_versions() -> dict[str, str]:
@@ -276,7 +282,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False, pr
         raise UserError(f"--batch-size {cfg.batch_size} must be divisible by the {world} processes")
     if not main:  # only the main process writes the run folder and talks to the user
         progress, log = False, (lambda *args, **kwargs: None)
-    out = runs.check_run_dir(cfg.out, config, resume=resume, overwrite=overwrite)
+    out = runs.check_run_dir(cfg.out, config, resume=resume, overwrite=overwrite, defaults=config_defaults())
     encoder_config(cfg.model)  # bad model, data or noise fail here, before anything is written
     tokenizer = load_tokenizer(cfg.model)
     data = prepare_data(cfg, tokenizer)
@@ -341,7 +347,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False, pr
             if routed else (lambda index: None)
         bar = _progress(progress, len(train_loader), f"epoch {epoch + 1}/{cfg.epochs}")
         steps = train_steps(model, core, train_loader, optimizer, scheduler, accelerator, gates_for, teacher, cfg,
-                            n_train, bar)
+                            n_train, bar, weight_by_gates=cfg.gate_weighted_loss and after_warmup)
         step_seconds = time.perf_counter() - started
 
         # Per-sample pass: losses -> p, mean logits -> f_ens, predictions -> dynamics. Its gates are Bernoulli(γ)
@@ -430,9 +436,10 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False, pr
 
 
 def train_steps(model, core, train_loader, optimizer, scheduler, accelerator, gates_for, teacher, cfg: TrainConfig,
-                n_train: int, bar) -> dict:
+                n_train: int, bar, weight_by_gates: bool = False) -> dict:
     """One epoch of gated training steps (SPEC.md steps 3-5). ``gates_for(index)`` draws the gate matrix of a
-    batch (None: plain PEFT); ``teacher`` holds f_ens per sample once the consistency loss is on."""
+    batch (None: plain PEFT); ``teacher`` holds f_ens per sample once the consistency loss is on;
+    ``weight_by_gates`` is the --gate-weighted-loss diagnosis."""
     model.train()
     # Per sample, at its step of this epoch: share of layers routed on; CE and logits (--estimate-from train).
     rows, gate_rows, loss_rows, logit_rows = [], [], [], []
@@ -449,10 +456,18 @@ def train_steps(model, core, train_loader, optimizer, scheduler, accelerator, ga
         gate_rows.append(r.mean(0).numpy() if r is not None else np.zeros(len(index)))
         loss_rows.append(per_sample.detach().cpu().numpy())
         logit_rows.append(logits.detach().cpu().numpy())
-        loss = per_sample.mean()
-        if teacher is not None:
-            loss = loss + cfg.reg_weight * soft_cross_entropy(logits, teacher[index].to(logits.device),
-                                                              cfg.temperature)
+        consistency = soft_cross_entropy(logits, teacher[index].to(logits.device), cfg.temperature) \
+            if teacher is not None else None
+        if weight_by_gates and r is not None:
+            # The classifier head is never routed: a sample whose modules are off still trains it, on frozen
+            # features. Weighting by the share of routed layers tests whether that is what costs accuracy.
+            weight = r.mean(0).to(per_sample.device)
+            loss_i = per_sample if consistency is None else per_sample + cfg.reg_weight * consistency
+            loss = (weight * loss_i).sum() / weight.sum().clamp_min(1e-8)
+        else:
+            loss = per_sample.mean()
+            if consistency is not None:
+                loss = loss + cfg.reg_weight * consistency.mean()
         accelerator.backward(loss)
         optimizer.step()
         scheduler.step()

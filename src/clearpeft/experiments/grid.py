@@ -53,7 +53,7 @@ from ..errors import UserError
 from ..noise import NoiseSpec
 from ..peft import METHODS
 from ..routing import STRATEGIES
-from ..train import TrainConfig, train
+from ..train import TrainConfig, config_defaults, train
 
 AXES = {"datasets": "dataset", "noises": "noise", "methods": "method", "routings": "routing", "seeds": "seed",
         "reg_weights": "reg_weight"}
@@ -339,17 +339,15 @@ def run_grid(config_path: str | Path, out_dir: str | Path, log=print, progress: 
 
 
 def _stale_fields(folder: Path, config: TrainConfig) -> list[str]:
-    """Fields in which the run already in ``folder`` differs from ``config`` (none if there is no run). A field
-    the old config.json lacks was added to clearpeft after that run; it does not count."""
+    """Fields in which the run already in ``folder`` differs from ``config`` (none if there is no run)."""
     path = folder / runs.CONFIG
     if not path.exists():
         return []
     try:
-        old = runs.identity(json.loads(path.read_text()))
+        old = json.loads(path.read_text())
     except (OSError, ValueError):
         return ["config.json unreadable"]
-    new = runs.identity(asdict(config))
-    return sorted(k for k in old.keys() & new.keys() if old[k] != new[k])
+    return runs.config_diff(old, asdict(config), config_defaults())
 
 
 def write_results(out_dir: Path, planned: list[PlannedRun]) -> Path:
