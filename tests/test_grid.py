@@ -9,15 +9,17 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
 
+from clearpeft import runs
 from clearpeft.cli import main
 from clearpeft.errors import UserError
 from clearpeft.experiments.grid import RESULT_COLUMNS, load_grid
 from clearpeft.experiments.report import PAPER_EXCERPT, parse_paper, write_report
-from clearpeft.train import DEFAULT_LR
+from clearpeft.train import DEFAULT_LR, TrainConfig, config_defaults
 
 REPO = Path(__file__).parents[1]
 AXES = "datasets: [sst5]\nnoises: [symmetric:0.6]\nmethods: [bitfit]\nroutings: [none, clean]\nseeds: [0]\n"
@@ -143,10 +145,10 @@ extra:
     assert by_folder["sst5/symmetric-0.6/bitfit-noisy-reg0-s1"].config.reg_weight == 0.0
 
 
-@pytest.mark.parametrize("name, runs", [("cpu.yaml", 70), ("paper.yaml", 447)])
-def test_shipped_configs_load(name, runs):
+@pytest.mark.parametrize("name, count", [("cpu.yaml", 70), ("paper.yaml", 447)])
+def test_shipped_configs_load(name, count):
     planned = load_grid(REPO / "experiments" / name)
-    assert len(planned) == runs
+    assert len(planned) == count
     folders = {r.cell.folder for r in planned}
     for routing, reg in (("random", 1), ("clean", 0), ("deterministic", 0), ("random", 0), ("noisy", 0)):
         assert f"sst5/symmetric-0.6/adapter-{routing}-reg{reg}-s0" in folders  # paper Table 3
@@ -194,11 +196,6 @@ def tiny_grid(tmp_path_factory):
 def test_a_run_older_than_a_config_field_resumes_as_that_fields_default(tmp_path):
     """A field added to TrainConfig after a run was made is missing from its config.json: the run used the
     field's default, so resuming it with the default is the same run, and with another value it is not."""
-    from dataclasses import asdict
-
-    from clearpeft import runs
-    from clearpeft.train import TrainConfig, config_defaults
-
     config = asdict(TrainConfig(out=str(tmp_path)))
     older = {k: v for k, v in config.items() if k != "gate_weighted_loss"}
     (tmp_path / runs.CONFIG).write_text(json.dumps(older))
