@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from clearpeft.routing import CleanProbability
 from clearpeft.train import TIMING_FIELDS
 
 pytestmark = pytest.mark.slow
@@ -33,13 +34,37 @@ def test_gathered_pass_equals_one_process(tmp_path):
     ranks = [np.load(tmp_path / f"rank{r}.npz") for r in (0, 1)]
     assert int(ranks[0]["world"]) == 2
     logits, losses, p = per_sample_pass(Accelerator(cpu=True), 300)
-    for rank in ranks:  # each process holds every sample's values, equal to one process's pass
-        assert rank["losses"].shape == (300,)
-        np.testing.assert_allclose(rank["losses"], losses, atol=1e-5)
-        np.testing.assert_allclose(rank["logits"], logits, atol=1e-5)
-        np.testing.assert_allclose(rank["p"], p, atol=1e-6)
-    np.testing.assert_array_equal(ranks[0]["p"], ranks[1]["p"])  # both processes route by the same p
+    # What must be equal is equal: both processes hold the same gathered arrays and route by the same p.
+    for key in ("losses", "logits", "p"):
+        np.testing.assert_array_equal(ranks[0][key], ranks[1][key])
+    two = ranks[0]
+    assert two["losses"].shape == (300,)
+    # The same fp32 forward passes on other thread counts (torchrun sets OMP_NUM_THREADS=1) sum in another
+    # order: logits of size ~1-10 agree to a few float32 ulps, so to 1e-5 relative and absolute.
+    np.testing.assert_allclose(two["losses"], losses, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(two["logits"], logits, rtol=1e-5, atol=1e-5)
+    # p is a function of the losses: on the same losses it is the same (float64 EM, rounding only) ...
+    np.testing.assert_allclose(CleanProbability(seed=0).fit(two["losses"]), two["p"], rtol=0, atol=1e-9)
+    # ... and on losses that differ by delta it moves by at most slope x delta, where slope bounds the
+    # posterior's change per unit of a loss; twice that covers the refit of the means and variances.
+    delta = float(np.abs(two["losses"] - losses).max())
+    slope = posterior_slope(losses)
+    print(f"max |p difference| {np.abs(two['p'] - p).max():.2e}, bound {2 * slope * delta + 1e-9:.2e}")
+    np.testing.assert_allclose(two["p"], p, rtol=0, atol=2 * slope * delta + 1e-9)
     assert 0.2 < p.mean() < 0.9 and p.std() > 0.1  # the GMM split the losses (no all-clean fallback)
+
+
+def posterior_slope(losses: np.ndarray, h: float = 1e-4) -> float:
+    """max over samples of |dp_i/dl_i| for the GMM fitted on ``losses`` (central differences, fit held fixed)."""
+    estimator = CleanProbability(seed=0)
+    estimator.fit(losses)
+    gmm, lo, span = estimator.gmm, losses.min(), losses.max() - losses.min()
+    clean = int(np.argmin(gmm.means_.ravel()))
+
+    def posterior(x):
+        return gmm.predict_proba(((x - lo) / span).reshape(-1, 1))[:, clean]
+
+    return float(np.abs(posterior(losses + h) - posterior(losses - h)).max() / (2 * h))
 
 
 def no_dropout_backbone(folder: Path) -> Path:
@@ -71,6 +96,10 @@ def test_two_process_run_matches_one_process(tmp_path):
     one, two = json.loads(single.stdout), json.loads(multi.stdout)  # only rank 0 prints its summary
     print("one process:", one["peak_acc"], one["avg_acc"], " two processes:", two["peak_acc"], two["avg_acc"])
     assert one["peak_acc"] > 0.1  # the runs learn: chance on BANKING77 is 1/77
+    # Two processes sum the gradients in another order (gloo all-reduce): after 2 epochs the weights differ in
+    # the last float32 digits, which can flip only test samples whose top two logits are that close. Allow
+    # 5 of the 500 (0.01); a real difference in what the runs do (a sample trained twice, gates that
+    # depend on the process) moves accuracy by several points.
     assert abs(one["peak_acc"] - two["peak_acc"]) <= 0.01
     assert abs(one["avg_acc"] - two["avg_acc"]) <= 0.01
     run = tmp_path / "two"
@@ -79,7 +108,9 @@ def test_two_process_run_matches_one_process(tmp_path):
     # Gates are drawn per sample, so the routing is the same on one process and on two.
     singles = [json.loads(line) for line in (tmp_path / "one" / "metrics.jsonl").read_text().splitlines()]
     for a, b in zip(rows, singles):
-        assert abs(a["gate_mean_clean"] - b["gate_mean_clean"]) < 1e-9
+        assert abs(a["gate_mean_clean"] - b["gate_mean_clean"]) < 1e-9  # the same draws: exactly equal
+        # AUC ranks ~100 corrupted against ~400 clean samples by p; the rounding drift above can swap only pairs
+        # whose p are within ~1e-5, a handful of the 40,000 pairs: far below 0.01.
         assert abs(a["detect_auc"] - b["detect_auc"]) < 0.01
     assert sorted(p.name for p in (run / "checkpoints" / "epoch-1").glob("random_states_*")) == [
         "random_states_0.pkl", "random_states_1.pkl"]
