@@ -80,7 +80,9 @@ def load_classifier(name: str | None, num_labels: int, seed: int = 0):
     config = encoder_config(name, num_labels=num_labels)
     torch.manual_seed(seed)
     try:
-        model = AutoModelForSequenceClassification.from_pretrained(where, config=config)
+        # float32 whatever the checkpoint holds (transformers 5 loads a bf16 checkpoint as bf16 by default, and
+        # AdamW on bf16 weights loses small updates); --bf16 is autocast on top of float32 weights.
+        model = AutoModelForSequenceClassification.from_pretrained(where, config=config, dtype=torch.float32)
     except (OSError, ValueError) as exc:
         raise UserError(f"model {name!r} has no sequence-classification head class: {_first_line(exc)}") from exc
     return model
@@ -116,7 +118,7 @@ def _embed(texts: list[str], model: str | None, batch_size: int, max_length: int
 
     _quiet_transformers()
     tokenizer = load_tokenizer(model)
-    encoder = AutoModel.from_pretrained(resolve_model(model)).eval()
+    encoder = AutoModel.from_pretrained(resolve_model(model), dtype=torch.float32).eval()
     order = np.argsort([len(t) for t in texts])  # similar lengths together: less padding
     out = np.zeros((len(texts), encoder.config.hidden_size), dtype=np.float32)
     for start in range(0, len(texts), batch_size):
