@@ -157,6 +157,24 @@ def test_shipped_configs_load(name, count):
     assert all(r.config.dev_holdout == (0.1 if r.cell.dataset == "banking77" else 0.0) for r in planned)
 
 
+def test_converged_protocol_is_the_papers_regime_with_the_dev_choices():
+    """experiments/converged.yaml (written by experiments/lr_sweep_full.py): full training sets, constant rate,
+    the dev-chosen rate per data set and method and E per data set; P1 (60% symmetric) first, then P2 (clean)."""
+    planned = load_grid(REPO / "experiments" / "converged.yaml")
+    assert len(planned) == 70
+    with open(REPO / "results" / "lr_sweep_full.csv", newline="") as handle:
+        chosen = {(r["dataset"], r["method"]): float(r["lr"]) for r in csv.DictReader(handle)
+                  if r["chosen"] == "True" and r["phase"] == "confirm"}
+    assert len(chosen) == 10
+    for run in planned:
+        c = run.config
+        assert c.lr_schedule == "constant" and c.max_train_samples is None and c.warmup_epochs == 3
+        assert c.epochs == {"sst5": 10, "banking77": 11}[run.cell.dataset]
+        assert c.lr == chosen[(run.cell.dataset, run.cell.method)]
+    assert [r.cell.noise for r in planned[:18]] == ["symmetric:0.6"] * 18
+    assert [r.cell.noise for r in planned[18:36]] == ["clean"] * 18
+
+
 def test_speed_configs_are_the_cpu_cells_with_one_setting_changed():
     from dataclasses import replace
 
@@ -241,6 +259,26 @@ def test_killed_grid_restarts_without_redoing_finished_runs(tiny_grid):
 
 
 @pytest.mark.slow
+def test_workers_run_the_same_runs_in_processes_of_their_own(tiny_grid):
+    """--workers 2 (for a GPU that one small run leaves idle) trains both cells at once and ends with the same
+    results as one after the other: each run's draws come from its own seed, not from the process."""
+    config, whole = tiny_grid
+    out = whole.parent / "workers"
+    done = subprocess.run([*grid_command(config, out), "--workers", "2"], capture_output=True, text=True,
+                          timeout=900)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads(done.stdout)["ran_now"] == 2 and "[2/2 done]" in done.stderr
+    assert rows(out) == rows(whole)
+    for run in (FIRST_RUN, SECOND_RUN):
+        lines = [{k: v for k, v in json.loads(line).items() if "seconds" not in k}
+                 for line in (out / run / "metrics.jsonl").read_text().splitlines()]
+        assert lines == [{k: v for k, v in json.loads(line).items() if "seconds" not in k}
+                         for line in (whole / run / "metrics.jsonl").read_text().splitlines()]
+    bad = subprocess.run([*grid_command(config, out), "--workers", "0"], capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and "--workers must be at least 1" in bad.stderr
+
+
+@pytest.mark.slow
 def test_report_on_the_tiny_grid(tiny_grid, tmp_path):
     _, whole = tiny_grid
     result = write_report(whole, tmp_path / "docs" / "results.md", tmp_path / "docs" / "figures")
@@ -285,7 +323,7 @@ def synthetic_results(root: Path, datasets=("sst5",), seeds=(0, 1)) -> Path:
                 {"model": "default", "epochs": 4, "warmup_epochs": 2, "max_train_samples": None, "eval_passes": 1}))
             accs = [m["test_acc"] for m in metrics]
             lines.append(f"{dataset},{noise},{method},{routing},{reg},{seed},{max(accs)},{sum(accs) / 4},"
-                         f"{accs[-1]},0.48,10.0,{folder}")
+                         f"{accs[-1]},0.48,0.45,10.0,{folder}")
     (root / "results.csv").write_text("\n".join(lines) + "\n")
     return root
 

@@ -211,3 +211,49 @@ def test_fast_settings_skip_only_what_clear_does_not_use(lora_run, tmp_path, mon
     assert full[2]["detect_auc"] is not None
     unchanged = {k: v for k, v in full[2].items() if k not in DYNAMICS_FIELDS}
     assert {k: fast[2][k] for k in unchanged} == unchanged
+
+
+@pytest.mark.parametrize("schedule", ["constant", "linear"])
+def test_lr_schedule_constant_keeps_the_rate_linear_decays_it(tmp_path, schedule):
+    import torch
+
+    train(small(tmp_path, "s", peft="bitfit", routing="none", epochs=2, max_train_samples=64, max_eval_samples=32,
+                lr=1e-3, lr_schedule=schedule, no_dynamics=True, eval_passes=0), progress=False, log=lambda m: None)
+    state = torch.load(tmp_path / "s" / "checkpoints" / "epoch-1" / "scheduler.bin", weights_only=False)
+    assert state["last_epoch"] == 8  # 2 epochs of 4 steps of 16
+    if schedule == "constant":  # the reference code's: no scheduler, no warm-up
+        assert state["_last_lr"] == [1e-3]
+    else:  # decayed to 0 at the last step
+        assert state["_last_lr"] == [0.0]
+    assert json.loads((tmp_path / "s" / "config.json").read_text())["lr_schedule"] == schedule
+
+
+def test_a_run_older_than_lr_schedule_resumes_as_linear():
+    from clearpeft.train import config_defaults
+
+    assert TrainConfig().lr_schedule == "linear" and config_defaults()["lr_schedule"] == "linear"
+    with pytest.raises(Exception, match="--lr-schedule must be linear or constant"):
+        TrainConfig(lr_schedule="cosine").resolved()
+
+
+def test_clean_auto_is_plain_peft_until_the_losses_show_a_noisy_mode(tmp_path):
+    """clean-auto trains as plain PEFT (every module on, no consistency loss) in warm-up and in every epoch
+    after a fit without a separate high-loss mode, and routes as CleaR after a fit with one; every epoch records
+    the fit's statistics and the decision for the next epoch."""
+    from clearpeft.routing import SEPARATION_THRESHOLD
+
+    train(small(tmp_path, "auto", routing="clean-auto"), progress=False, log=lambda m: None)
+    train(small(tmp_path, "plain", routing="none", reg_weight=0.0), progress=False, log=lambda m: None)
+    auto, plain = metrics(tmp_path / "auto"), metrics(tmp_path / "plain")
+    for row in auto:
+        assert 0.0 <= row["estimated_noise_rate"] <= 1.0 and 0.0 <= row["flagged_rate"] <= 1.0
+        assert row["routing_stood_down"] == (row["loss_separation"] <= SEPARATION_THRESHOLD)
+    assert auto[0]["routing_active"] is False and auto[0]["gate_mean_clean"] == 1.0  # warm-up: all on
+    for before, row in zip(auto, auto[1:]):
+        assert row["routing_active"] == (not before["routing_stood_down"])
+    plain_prefix = next((e for e, r in enumerate(auto) if r["routing_active"]), len(auto))
+    assert plain_prefix >= 1
+    for a, b in zip(auto[:plain_prefix], plain):  # the same training steps as plain PEFT, to the bit
+        assert a["test_acc"] == b["test_acc"] and a["train_loss"] == b["train_loss"]
+    summary = json.loads((tmp_path / "auto" / "summary.json").read_text())
+    assert summary["routing"] == "clean-auto" and summary["estimated_noise_rate"] == auto[-1]["estimated_noise_rate"]

@@ -16,7 +16,9 @@ OPTIONAL_TYPES = {"data_dir": str, "test_file": str, "lr": float, "gamma": float
 HELP = {
     "dataset": "sst5, banking77, or a local .csv/.tsv/.jsonl file",
     "peft": "lora | prompt | adapter | bitfit | full",
-    "routing": "none (plain PEFT) | clean (CleaR) | deterministic | random | noisy",
+    "routing": "none (plain PEFT) | clean (CleaR, the paper's) | clean-auto (CleaR that stands down where the "
+               "losses show no separate noisy mode) | deterministic | random | noisy",
+    "lr_schedule": "linear: 6%% warm-up, then decay to 0 | constant: the reference code's (no scheduler, no warm-up)",
     "noise": "clean, symmetric:R, symmetric-exclusive:R, asymmetric:R or instance:R (training split only)",
     "gamma": "upper bound γ of the gate probability (default per method: 0.7 adapter, 0.85 LoRA/prompt, 0.9 BitFit)",
     "reg_weight": "λ of the consistency regularization; 0 turns it off",
@@ -243,7 +245,7 @@ def cmd_grid(args) -> int:
 
     out = args.out or str(Path("results") / Path(args.config).stem)
     log = (lambda m: print(m, file=sys.stderr, flush=True)) if args.json else (lambda m: print(m, flush=True))
-    result = run_grid(args.config, out, log=log, progress=not args.json)
+    result = run_grid(args.config, out, log=log, progress=not args.json and args.workers == 1, workers=args.workers)
     done = f"{result['finished']}/{result['runs']} runs finished; results in {result['results']}"
     print(json.dumps(result) if args.json else done)
     return 0
@@ -315,6 +317,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("grid", help="run every cell of a YAML experiment grid (skips finished, resumes killed)")
     p.add_argument("config", metavar="CONFIG.yaml")
     p.add_argument("--out", help="folder for the run folders and results.csv (default: results/<config stem>)")
+    p.add_argument("--workers", type=int, default=1,
+                   help="runs at once, each in its own process (a GPU: 4-8; a CPU: 1, which already uses every core)")
     p.add_argument("--json", action="store_true", help="print the outcome as JSON (progress goes to stderr)")
     p.set_defaults(func=cmd_grid)
 

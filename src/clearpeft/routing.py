@@ -2,6 +2,12 @@
 
     p = CleanProbability(ema=0.9).fit(losses)               # 2-component GMM on the (smoothed) losses
     r = sample_gates("clean", p[batch_index], gamma, num_layers, generator)   # r ~ Bernoulli(γ·p)
+
+``clean-auto`` is CleaR with a guard (issue 21): it trains as plain PEFT (every module on, no consistency
+loss; warm-up too) until a fit of the losses shows a separate high-loss mode (Ashman's D of the two
+components above ``SEPARATION_THRESHOLD``), and from then on routes as CleaR for every epoch whose fit shows
+one. On clean data the high-loss component is the tail of the samples not learnt yet, not a mode of its own,
+and routing by p would switch their modules off.
 """
 
 from __future__ import annotations
@@ -12,14 +18,18 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-STRATEGIES = ("none", "clean", "deterministic", "random", "noisy")
+STRATEGIES = ("none", "clean", "clean-auto", "deterministic", "random", "noisy")
+# Ashman's D = sqrt(2)·|μ1 − μ2| / sqrt(σ1² + σ2²) of the two loss components; D > 2 is the usual criterion for
+# a mixture of two Gaussians that is cleanly bimodal (Ashman et al. 1994). Below it the "noisy" component is
+# the tail of one mode (samples not learnt yet), and clean-auto stands down.
+SEPARATION_THRESHOLD = 2.0
 # Upper bound γ of the gate probability (reference code, SPEC.md step 3).
 DEFAULT_GAMMA = {"adapter": 0.7, "lora": 0.85, "prompt": 0.85, "bitfit": 0.9}
 
 
 def gate_probability(strategy: str, p: torch.Tensor, gamma: float) -> torch.Tensor:
     """Probability that a sample's PEFT module is on, per sample (SPEC.md, ablations)."""
-    if strategy == "clean":
+    if strategy in ("clean", "clean-auto"):  # clean-auto's stand-down epochs draw no gates at all
         return gamma * p
     if strategy == "deterministic":
         return (p > 0.5).to(p.dtype)
@@ -59,6 +69,8 @@ class CleanProbability:
     seed: int = 0
     smoothed: np.ndarray | None = field(default=None, repr=False)
     fallback: str | None = None
+    fit_stats: dict = field(default_factory=dict)  # of the last fit: see _stats
+    gmm: object = field(default=None, repr=False)  # the last fitted GaussianMixture (on min-max scaled losses)
 
     def fit(self, losses: np.ndarray, smooth: bool = True) -> np.ndarray:
         """p from this epoch's losses. ``smooth=False`` fits the raw losses and leaves the EMA untouched: the
@@ -74,6 +86,7 @@ class CleanProbability:
                 losses = self.ema * self.smoothed + (1.0 - self.ema) * losses
             self.smoothed = losses
         self.fallback = None
+        self.fit_stats, self.gmm = {}, None
         if np.unique(losses).size < 2:
             return self._all_clean(losses, "fewer than two distinct loss values")
         from sklearn.exceptions import ConvergenceWarning
@@ -89,13 +102,39 @@ class CleanProbability:
         if not gmm.converged_ or np.isclose(means[0], means[1]):
             return self._all_clean(losses, "the loss GMM did not separate two components")
         clean = int(np.argmin(means))
-        return gmm.predict_proba(scaled.reshape(-1, 1))[:, clean]
+        p = gmm.predict_proba(scaled.reshape(-1, 1))[:, clean]
+        self.gmm = gmm
+        self.fit_stats = _stats(gmm, clean, scaled, losses, p)
+        return p
+
+    def separated(self) -> bool:
+        """Whether the last fit found a high-loss mode of its own (clean-auto routes only then)."""
+        return self.fit_stats.get("loss_separation", 0.0) > SEPARATION_THRESHOLD
 
     def _all_clean(self, losses: np.ndarray, why: str) -> np.ndarray:
         self._warn(f"{why}; every sample gets clean probability 1 this epoch")
         self.fallback = why
+        self.fit_stats = {"estimated_noise_rate": 0.0, "flagged_rate": 0.0, "loss_separation": 0.0,
+                          "bic_gain": 0.0, "noisy_component_loss": None}
         return np.ones_like(losses)
 
     @staticmethod
     def _warn(message: str) -> None:
         warnings.warn(f"clean probability: {message}", RuntimeWarning, stacklevel=3)
+
+
+def _stats(gmm, clean: int, scaled: np.ndarray, losses: np.ndarray, p: np.ndarray) -> dict:
+    """What a fit says about the noise: the estimated noise rate (mean of 1 − p, which EM makes equal to the
+    high-loss component's weight), the share flagged (p < 0.5), the components' separation (Ashman's D), the
+    BIC gain of two components over one (positive: two fit better) and the high-loss component's mean loss."""
+    from sklearn.mixture import GaussianMixture
+
+    noisy = 1 - clean
+    means, variances = gmm.means_.ravel(), gmm.covariances_.ravel()
+    x = scaled.reshape(-1, 1)
+    one = GaussianMixture(n_components=1, reg_covar=5e-4, random_state=0).fit(x)
+    span = losses.max() - losses.min()
+    return {"estimated_noise_rate": float(np.mean(1.0 - p)), "flagged_rate": float(np.mean(p < 0.5)),
+            "loss_separation": float(np.sqrt(2.0) * abs(means[noisy] - means[clean]) / np.sqrt(variances.sum())),
+            "bic_gain": float(one.bic(x) - gmm.bic(x)) / len(x),
+            "noisy_component_loss": float(losses.min() + means[noisy] * span)}

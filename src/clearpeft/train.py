@@ -44,6 +44,8 @@ TIMING_FIELDS = frozenset({"epoch_seconds", "step_seconds", "pass_seconds", "eva
 # Metrics of the per-sample pass; null in the epochs that --no-dynamics skips it.
 DYNAMICS_FIELDS = ("clean_learning", "noisy_memorization", "noisy_correction", "detect_precision", "detect_recall",
                    "detect_auc")
+# What each epoch's clean-probability fit says about the noise (routing.CleanProbability.fit_stats).
+FIT_FIELDS = ("estimated_noise_rate", "flagged_rate", "loss_separation", "bic_gain", "noisy_component_loss")
 
 
 @dataclass
@@ -64,6 +66,7 @@ class TrainConfig:
     lr: float | None = None
     weight_decay: float = 0.01
     warmup_ratio: float = 0.06
+    lr_schedule: str = "linear"  # linear: warm-up then decay to 0; constant: the reference code's (no scheduler)
     gamma: float | None = None
     reg_weight: float = 1.0
     ensemble: int | None = None
@@ -126,6 +129,8 @@ class TrainConfig:
             raise UserError("--reg-weight, --weight-decay and --warmup-epochs must not be negative")
         if c.estimate_from not in ("pass", "train"):
             raise UserError(f"--estimate-from must be pass or train, got {c.estimate_from!r}")
+        if c.lr_schedule not in ("linear", "constant"):
+            raise UserError(f"--lr-schedule must be linear or constant, got {c.lr_schedule!r}")
         if c.pass_gates not in ("random", "routed"):
             raise UserError(f"--pass-gates must be random or routed, got {c.pass_gates!r}")
         if c.log_with not in ("none", "tensorboard", "wandb", "all"):
@@ -256,7 +261,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False, pr
     """Train one run into ``cfg.out``; returns the summary (also written to summary.json)."""
     from accelerate import Accelerator
     from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration
-    from transformers import get_linear_schedule_with_warmup
+    from transformers import get_constant_schedule, get_linear_schedule_with_warmup
 
     from .backbone import encoder_config, load_tokenizer
     from .data.batching import loader
@@ -310,7 +315,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False, pr
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr,
                                   weight_decay=cfg.weight_decay)
     total_steps = cfg.epochs * len(train_loader)
-    scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * total_steps), total_steps)
+    scheduler = get_constant_schedule(optimizer) if cfg.lr_schedule == "constant" else \
+        get_linear_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * total_steps), total_steps)
     model, optimizer, train_loader, scheduler = accelerator.prepare(model, optimizer, train_loader, scheduler)
     _register_trainable_only(accelerator)
     if cfg.log_with != "none":
@@ -330,6 +336,10 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False, pr
         runs.atomic_write_text(out / runs.METRICS, "".join(json.dumps(m) + "\n" for m in history))
 
     true_labels, given = data.bundle.train.labels, data.noisy.noisy
+    guarded = cfg.routing == "clean-auto"
+    # clean-auto's decision for the coming epoch, made at the end of the last (kept in metrics.jsonl, so a resumed
+    # run picks it up): it trains as plain PEFT until the losses show a separate noisy mode.
+    stood_down = bool(history[-1].get("routing_stood_down", True)) if guarded and history else guarded
     for epoch in range(start_epoch, cfg.epochs):
         started = time.perf_counter()
         status(epoch, "train")
@@ -340,11 +350,12 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False, pr
         step_draws = torch.rand((n_train, core.num_layers), generator=_generator(cfg.seed, epoch, 0))
         after_warmup = routed and epoch >= cfg.warmup_epochs
         strategy = cfg.routing if after_warmup else "random"   # warm-up: every module on w.p. γ
+        plain_epoch = not routed or (guarded and (stood_down or not after_warmup))
         p_tensor = torch.as_tensor(p, dtype=torch.float32)
-        teacher = torch.as_tensor(ens_logits) if after_warmup and cfg.reg_weight > 0 and ens_logits is not None \
-            else None
-        gates_for = (lambda index: gates_from_draws(strategy, p_tensor[index], cfg.gamma, step_draws[index])) \
-            if routed else (lambda index: None)
+        teacher = torch.as_tensor(ens_logits) if after_warmup and not plain_epoch and cfg.reg_weight > 0 \
+            and ens_logits is not None else None
+        gates_for = (lambda index: None) if plain_epoch else \
+            (lambda index: gates_from_draws(strategy, p_tensor[index], cfg.gamma, step_draws[index]))
         bar = _progress(progress, len(train_loader), f"epoch {epoch + 1}/{cfg.epochs}")
         steps = train_steps(model, core, train_loader, optimizer, scheduler, accelerator, gates_for, teacher, cfg,
                             n_train, bar, weight_by_gates=cfg.gate_weighted_loss and after_warmup)
@@ -384,19 +395,24 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False, pr
 
                 if len(set(gather_object([float(np.sum(estimate))]))) != 1:
                     raise RuntimeError("clean probabilities differ between processes")
+            # clean-auto: no separate high-loss mode means no evidence of noise, so the next epoch is plain PEFT.
+            stood_down = guarded and not estimator.separated()
             if next_after_warmup:
                 p, ens_logits = estimate, ens
             row.update(training_dynamics(ens.argmax(-1), true_labels, given))
             row.update(detection_quality(estimate, data.noisy.corrupted))
+            row.update({k: estimator.fit_stats.get(k) for k in FIT_FIELDS})
             row["clean_prob_fallback"] = estimator.fallback
+            row["routing_stood_down"] = stood_down if guarded else None
         else:
-            row.update(dict.fromkeys(DYNAMICS_FIELDS + ("clean_prob_fallback",)))
+            row.update(dict.fromkeys(DYNAMICS_FIELDS + FIT_FIELDS + ("clean_prob_fallback",)))
+            row["routing_stood_down"] = stood_down if guarded else None  # no new fit: the decision stands
         pass_seconds = time.perf_counter() - pass_started
         corrupted = data.noisy.corrupted
         gate_mean = steps["gate_mean"]
         row["gate_mean_clean"] = float(gate_mean[~corrupted].mean()) if routed and (~corrupted).any() else None
         row["gate_mean_corrupted"] = float(gate_mean[corrupted].mean()) if routed and corrupted.any() else None
-        row["routing_active"] = bool(after_warmup)
+        row["routing_active"] = bool(after_warmup and not plain_epoch)
         eval_started = time.perf_counter()
         status(epoch, "eval")
         row.update(evaluate(core, data, cfg, epoch, accelerator))
@@ -416,7 +432,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False, pr
         if progress:
             dynamics = "" if row["detect_auc"] is None else (
                 f"  clean-learn {row['clean_learning']:.3f}  memorize {row['noisy_memorization']:.3f}"
-                f"  AUC {row['detect_auc']:.3f}")
+                f"  AUC {row['detect_auc']:.3f}  est. noise {row['estimated_noise_rate']:.3f}"
+                + ("  (routing stood down)" if row["routing_stood_down"] else ""))
             routed_acc = "" if row["test_acc_routed"] is None else f" (routed {row['test_acc_routed']:.4f})"
             log(f"epoch {epoch + 1}: test {row['test_acc']:.4f}{routed_acc}{dynamics}  {row['epoch_seconds']:.0f}s")
 
@@ -453,7 +470,7 @@ def train_steps(model, core, train_loader, optimizer, scheduler, accelerator, ga
             logits = model(batch["input_ids"], batch["attention_mask"]).float()
         per_sample = F.cross_entropy(logits, batch["labels"], reduction="none")
         rows.append(index.numpy())
-        gate_rows.append(r.mean(0).numpy() if r is not None else np.zeros(len(index)))
+        gate_rows.append(r.mean(0).numpy() if r is not None else np.ones(len(index)))  # None: every module on
         loss_rows.append(per_sample.detach().cpu().numpy())
         logit_rows.append(logits.detach().cpu().numpy())
         consistency = soft_cross_entropy(logits, teacher[index].to(logits.device), cfg.temperature) \
@@ -538,6 +555,9 @@ def summarize(cfg: TrainConfig, data: Prepared, history: list[dict], core, train
         "method": cfg.peft, "routing": cfg.routing, "noise": cfg.noise, "seed": cfg.seed,
         "dataset": cfg.dataset, "model": cfg.model, "reg_weight": cfg.reg_weight, "gamma": cfg.gamma,
         "epochs": len(history), "realized_noise_rate": data.noisy.realized_rate,
+        # of the last epoch whose pass was made (the last fit of the clean probability)
+        "estimated_noise_rate": next((m.get("estimated_noise_rate") for m in reversed(history)
+                                      if m.get("estimated_noise_rate") is not None), None),
         "trainable_params": core.num_trainable(), "train_seconds": train_seconds,
     })
     return summary

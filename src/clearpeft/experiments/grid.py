@@ -63,7 +63,8 @@ CELL_KEYS = ("dataset", "noise", "method", "routing", "reg_weight", "seed")
 # TrainConfig fields the grid sets itself: from the cell (its method is the field peft) and the run folder.
 GRID_OWNED = {"dataset", "noise", "peft", "routing", "reg_weight", "seed", "out"}
 RESULTS = "results.csv"
-RESULT_COLUMNS = [*CELL_KEYS, "peak_acc", "avg_acc", "last_acc", "realized_noise_rate", "train_seconds", "run_dir"]
+RESULT_COLUMNS = [*CELL_KEYS, "peak_acc", "avg_acc", "last_acc", "realized_noise_rate", "estimated_noise_rate",
+                  "train_seconds", "run_dir"]
 FIELD_TYPES = {name: typing.get_args(hint) or (hint,) for name, hint in typing.get_type_hints(TrainConfig).items()}
 
 
@@ -294,12 +295,16 @@ def _config(cell: Cell, base: dict, overrides: list[tuple[dict, dict]], where: s
 
 # ---------------------------------------------------------------- running
 
-def run_grid(config_path: str | Path, out_dir: str | Path, log=print, progress: bool = False) -> dict:
-    """Run every cell of the grid file into ``out_dir``, one after the other.
+def run_grid(config_path: str | Path, out_dir: str | Path, log=print, progress: bool = False,
+             workers: int = 1) -> dict:
+    """Run every cell of the grid file into ``out_dir``: one after the other, or ``workers`` at a time (in
+    processes of their own, for a GPU that one small run leaves mostly idle), taken in cell order.
 
     A cell whose folder has summary.json is skipped, one with only config.json is resumed. results.csv is
     rebuilt from all finished summaries after every run, so a killed and restarted grid ends the same.
     """
+    if workers < 1:
+        raise UserError(f"--workers must be at least 1, got {workers}")
     planned = load_grid(config_path)
     out_dir = Path(out_dir)
     for run in planned:  # before any work: a finished run must be the run this file asks for
@@ -319,23 +324,62 @@ def run_grid(config_path: str | Path, out_dir: str | Path, log=print, progress: 
     done = sum((out_dir / r.cell.folder / runs.SUMMARY).exists() for r in planned)
     log(f"grid {config_path}: {total} runs, {done} already finished; results in {results}")
     seconds: list[float] = []  # train_seconds of the runs finished by this call, for the ETA
-    for run in planned:
-        folder = out_dir / run.cell.folder
-        if (folder / runs.SUMMARY).exists():
-            continue
-        resume = (folder / runs.CONFIG).exists()
-        log(f"[{done + 1}/{total}] {'resuming' if resume else 'starting'} {run.cell} -> {folder}")
-        # Without config.json the folder holds at most leftovers of a run killed while loading: start afresh.
-        summary = train(replace(run.config, out=str(folder)), resume=resume, overwrite=not resume,
-                        progress=progress, log=log)
+    # Without config.json a folder holds at most leftovers of a run killed while loading: start afresh.
+    jobs = [(run.cell, replace(run.config, out=str(out_dir / run.cell.folder)),
+             (out_dir / run.cell.folder / runs.CONFIG).exists())
+            for run in planned if not (out_dir / run.cell.folder / runs.SUMMARY).exists()]
+    for cell, summary in run_configs(jobs, workers, progress=progress, log=log, first=done + 1, total=total):
         seconds.append(summary["train_seconds"])
         done += 1
         write_results(out_dir, planned)
-        eta = statistics.mean(seconds) * (total - done)
-        log(f"[{done}/{total} done] {run.cell}: peak {summary['peak_acc']:.1%} avg {summary['avg_acc']:.1%} "
+        eta = statistics.mean(seconds) * (total - done) / workers
+        log(f"[{done}/{total} done] {cell}: peak {summary['peak_acc']:.1%} avg {summary['avg_acc']:.1%} "
             f"in {_duration(summary['train_seconds'])}; ETA {_duration(eta)}")
     return {"config": str(config_path), "out": str(out_dir), "results": str(results), "runs": total,
             "finished": done, "ran_now": len(seconds)}
+
+
+def run_configs(jobs: list[tuple], workers: int = 1, progress: bool = False, log=print, first: int = 1,
+                total: int | None = None):
+    """Train each (key, TrainConfig, resume) job; yields (key, summary) as runs finish. ``workers`` > 1 runs
+    that many at once in spawned processes (each with its share of the CPU threads), in job order."""
+    if workers < 1:
+        raise UserError(f"--workers must be at least 1, got {workers}")
+    total = total or len(jobs)
+
+    def announce(i, key, config, resume):
+        log(f"[{first + i}/{total}] {'resuming' if resume else 'starting'} {key} -> {config.out}")
+
+    if workers == 1:
+        for i, (key, config, resume) in enumerate(jobs):
+            announce(i, key, config, resume)
+            yield key, train(config, resume=resume, overwrite=not resume, progress=progress, log=log)
+        return
+    import multiprocessing
+    import os
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    context = multiprocessing.get_context("spawn")  # no fork of a process that may hold CUDA or threads
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_init, initargs=(threads,)) as pool:
+        pending = {}
+        for i, (key, config, resume) in enumerate(jobs):
+            announce(i, key, config, resume)  # queued: a worker takes it as soon as one is free
+            pending[pool.submit(_train_quietly, config, resume)] = key
+        while pending:
+            finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for future in finished:
+                yield pending.pop(future), future.result()
+
+
+def _worker_init(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def _train_quietly(config: TrainConfig, resume: bool) -> dict:
+    return train(config, resume=resume, overwrite=not resume, progress=False, log=lambda *a, **k: None)
 
 
 def _stale_fields(folder: Path, config: TrainConfig) -> list[str]:
@@ -362,7 +406,7 @@ def write_results(out_dir: Path, planned: list[PlannedRun]) -> Path:
         summary = json.loads(path.read_text())
         c = run.cell
         writer.writerow([c.dataset, c.noise, c.method, c.routing, c.reg_weight, c.seed,
-                         *(summary[k] for k in RESULT_COLUMNS[6:-1]), c.folder])
+                         *(summary.get(k) for k in RESULT_COLUMNS[6:-1]), c.folder])  # older runs lack some
     runs.atomic_write_text(out_dir / RESULTS, buf.getvalue())
     return out_dir / RESULTS
 
