@@ -353,6 +353,28 @@ def test_report_has_every_table_and_figure(tmp_path):
     assert dynamics.count("| sst5 |") == 2 * (16 + 5) and "| 0.800 | 0.800 | 0.700 | 0.300 |" in dynamics
 
 
+def test_report_of_several_protocols_has_a_section_each(tmp_path, capsys):
+    cpu = synthetic_results(tmp_path / "cpu", datasets=("sst5",))
+    converged = synthetic_results(tmp_path / "converged", datasets=("banking77",), seeds=(0,))
+    (converged / "analysis.md").write_text("# Title\n\n## Part\n\nCleaR helps here.\n")
+    assert main(["report", str(cpu), str(converged), "--out", str(tmp_path / "r.md"), "--figures",
+                 str(tmp_path / "figs"), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    text = (tmp_path / "r.md").read_text()
+    assert result["runs"] == 2 * 41 + 41  # 4 noises x 9 cells + 5 ablation cells, per seed
+    assert f"## Protocol `{cpu}` (82 runs)" in text and f"## Protocol `{converged}` (41 runs)" in text
+    first, second = text.split(f"## Protocol `{converged}`")
+    assert "### SST-5: label noise" in first and "### BANKING77: label noise" in second
+    assert "#### Title" in second and "##### Part" in second  # the analysis sits below its section
+    assert sorted(Path(f).relative_to(tmp_path / "figs").as_posix() for f in result["figures"]) == [
+        "converged/figure1_banking77.png", "converged/figure4_banking77.png", "cpu/figure1_sst5.png",
+        "cpu/figure4_sst5.png"]
+    # Two seeds: CleaR's +4.7 points against a seed spread of 1 point is beyond two standard errors; one seed
+    # has none.
+    assert "| SST-5 | Sym 60% | Avg | BitFit | 31.9 | 36.6 | +4.7 | yes (SE 0.7) | +7.6 |" in first
+    assert "| BANKING77 | Sym 60% | Avg | LoRA | 31.2 | 35.9 | +4.7 | — (1 seed) | +6.0 |" in second
+
+
 def test_report_skips_figures_without_runs_and_notes_it(tmp_path):
     results = synthetic_results(tmp_path / "results", datasets=("banking77",), seeds=(0,))
     stale = tmp_path / "figures" / "figure1_sst5.png"

@@ -254,7 +254,7 @@ def cmd_grid(args) -> int:
 def cmd_report(args) -> int:
     from .experiments.report import write_report
 
-    result = write_report(args.results_dir, args.out, args.figures)
+    result = write_report(args.results_dirs, args.out, args.figures)
     print(json.dumps(result) if args.json else f"wrote {result['report']} ({result['runs']} runs, "
           f"{len(result['figures'])} figures in {args.figures})")
     return 0
@@ -323,7 +323,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_grid)
 
     p = sub.add_parser("report", help="Markdown tables beside the paper's, and figures, from a grid's results")
-    p.add_argument("results_dir", metavar="RESULTS_DIR")
+    p.add_argument("results_dirs", metavar="RESULTS_DIR", nargs="+",
+                   help="a grid's results folder; several (one per protocol) get a section each")
     p.add_argument("--out", default="docs/results.md", help="the Markdown file (default: docs/results.md)")
     p.add_argument("--figures", default="docs/figures", help="folder for the PNG figures (default: docs/figures)")
     p.add_argument("--json", action="store_true")

@@ -318,7 +318,7 @@ def _results_tables(res: Results, tables: dict, dataset: str, kind: str, noises:
 
 def _claim_section(res: Results, tables: dict) -> list[str]:
     """SPEC.md's claim in numbers: CleaR minus the same PEFT method, ours beside the paper's."""
-    header = ["Data set", "Noise", "Metric", "Method", "PEFT", "CleaR", "Δ ours", "Δ paper"]
+    header = ["Data set", "Noise", "Metric", "Method", "PEFT", "CleaR", "Δ ours", "beyond 2 SE", "Δ paper"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for dataset in res.datasets():
         for noise in ("clean", *HIGH_NOISES):
@@ -336,10 +336,21 @@ def _claim_section(res: Results, tables: dict) -> list[str]:
                     a, b = (found[1].value((method, r), noise, stat) for r in ("none", "clean"))
                     paper = f"{b - a:+.1f}" if a is not None and b is not None else "—"
                 lines.append(f"| {DATASET_NAMES.get(dataset, dataset)} | {_noise_label(noise)} | {stat} | "
-                             f"{METHOD_NAMES[method]} | {_fmt_mean(plain)} | {_fmt_mean(clear)} | {ours} | {paper} |")
+                             f"{METHOD_NAMES[method]} | {_fmt_mean(plain)} | {_fmt_mean(clear)} | {ours} | "
+                             f"{_beyond_two_se(plain, clear)} | {paper} |")
     if len(lines) == 2:
         return ["No PEFT runs at clean data or high noise (Sym 60%, Asym 40%, Inst 60%) yet."]
     return lines
+
+
+def _beyond_two_se(plain: list[float], clear: list[float]) -> str:
+    """Whether CleaR − PEFT is beyond two standard errors of a difference of means over seeds (Welch); a cell
+    needs two seeds on each side to have one."""
+    if len(plain) < 2 or len(clear) < 2:
+        return "— (1 seed)" if plain and clear else "—"
+    se = math.sqrt(statistics.variance(plain) / len(plain) + statistics.variance(clear) / len(clear))
+    diff = statistics.fmean(clear) - statistics.fmean(plain)
+    return f"{'yes' if abs(diff) > 2 * se else 'no'} (SE {100 * se:.1f})"
 
 
 def _fmt_mean(values: list[float]) -> str:
@@ -552,27 +563,53 @@ def _safe(text: str) -> str:
 
 # ---------------------------------------------------------------- the report
 
-def write_report(results_dir: str | Path, out_md: str | Path, figures_dir: str | Path,
+def write_report(results_dirs, out_md: str | Path, figures_dir: str | Path,
                  paper_path: str | Path | None = None) -> dict:
-    """Write the Markdown report and its figures; returns the paths written and the number of runs."""
-    results_dir, out_md, figures_dir = Path(results_dir), Path(out_md), Path(figures_dir)
-    res = Results(results_dir)
+    """Write the Markdown report and its figures; returns the paths written and the number of runs.
+    ``results_dirs`` is one grid's results folder, or several (one protocol each: cpu, converged, ...), which
+    then get a section each, with their figures in a subfolder of ``figures_dir`` named after the folder."""
+    dirs = [Path(d) for d in ([results_dirs] if isinstance(results_dirs, (str, Path)) else results_dirs)]
+    out_md, figures_dir = Path(out_md), Path(figures_dir)
+    protocols = [Results(d) for d in dirs]  # every folder is checked before anything is written
     tables, paper_note = load_paper(Path(paper_path) if paper_path else PAPER_EXCERPT)
     try:
         out_md.parent.mkdir(parents=True, exist_ok=True)
         figures_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise UserError(f"cannot create the report's folders: {exc.strerror or exc}") from None
-
-    lines = ["# Results", "",
-             f"From `{results_dir}/results.csv` ({len(res.rows)} runs), written by `clearpeft report`. "
-             "Accuracy on the test split in %, with every PEFT module on; Peak = best epoch, Avg = mean over all "
+    intro = ("Accuracy on the test split in %, with every PEFT module on; Peak = best epoch, Avg = mean over all "
              "epochs; mean ± sample std over seeds where a cell has several; — = not run; best of a column in "
              "bold. Plain rows are routing `none`; CleaR rows routing `clean` with reg_weight > 0. The paper's "
-             "numbers are BERT-base.", ""]
-    lines += _setup_section(res) + [""]
-    if paper_note:
-        lines += [paper_note, ""]
+             "numbers are BERT-base.")
+    if len(dirs) == 1:
+        lines = ["# Results", "", f"From `{dirs[0]}/results.csv` ({len(protocols[0].rows)} runs), written by "
+                 f"`clearpeft report`. {intro}", ""]
+        if paper_note:
+            lines += [paper_note, ""]
+        body, figures = _protocol_report(protocols[0], dirs[0], tables, out_md, figures_dir)
+        lines += body
+    else:
+        lines = ["# Results", "", f"One section per protocol ({', '.join(f'`{d}`' for d in dirs)}), written by "
+                 f"`clearpeft report`; compare runs within a section, not across. {intro}", ""]
+        if paper_note:
+            lines += [paper_note, ""]
+        figures = []
+        for res, folder in zip(protocols, dirs):
+            body, written = _protocol_report(res, folder, tables, out_md, figures_dir / _safe(folder.name))
+            lines += [f"## Protocol `{folder}` ({len(res.rows)} runs)", ""]
+            # one level down, the embedded analysis.md's headings too
+            lines += [("#" + line) if re.match(r"#{1,5} ", line) else line for line in "\n".join(body).split("\n")]
+            figures += written
+    runs.atomic_write_text(out_md, "\n".join(lines).rstrip() + "\n")
+    return {"report": str(out_md), "figures": figures, "runs": sum(len(r.rows) for r in protocols)}
+
+
+def _protocol_report(res: "Results", results_dir: Path, tables: dict, out_md: Path,
+                     figures_dir: Path) -> tuple[list[str], list[str]]:
+    """The sections of one protocol's results: tables beside the paper's, the claim, the ablation, the
+    hand-written analysis, inference mode, dynamics and figures."""
+    figures_dir.mkdir(parents=True, exist_ok=True)
+    lines = _setup_section(res) + [""]
 
     for dataset in dict.fromkeys([*res.datasets(), *DATASET_NAMES]):
         name = DATASET_NAMES.get(dataset, dataset)
@@ -602,7 +639,8 @@ def write_report(results_dir: str | Path, out_md: str | Path, figures_dir: str |
     lines += _ablation_section(res, tables) + [""]
     analysis = results_dir / "analysis.md"  # the findings, written by hand from the numbers above
     if analysis.exists():
-        lines += ["## What the numbers say", "", analysis.read_text(encoding="utf-8").strip(), ""]
+        text = analysis.read_text(encoding="utf-8").strip()  # its headings go below this section's
+        lines += ["## What the numbers say", "", re.sub(r"(?m)^(#{1,4}) ", r"##\1 ", text), ""]
     lines += ["## Inference mode", ""] + _inference_section(res) + [""]
     lines += ["## Routing dynamics of the routed runs", "",
               "AUC: how well the clean probability p separates clean from corrupted training samples (ROC AUC, "
@@ -613,9 +651,7 @@ def write_report(results_dir: str | Path, out_md: str | Path, figures_dir: str |
     lines += _dynamics_section(res) + [""]
     lines += ["## Figures", ""]
     figure_lines, figures = _figures(res, out_md, figures_dir)
-    lines += figure_lines
-    runs.atomic_write_text(out_md, "\n".join(lines).rstrip() + "\n")
-    return {"report": str(out_md), "figures": figures, "runs": len(res.rows)}
+    return lines + figure_lines, figures
 
 
 def _setup_section(res: Results) -> list[str]:
