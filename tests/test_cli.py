@@ -141,3 +141,22 @@ def test_instance_noise_command():
     result = json.loads(done.stdout)
     assert abs(result["realized_noise_rate"] - 0.40) < 0.03
     assert min(result["flip_probability_std_within_class"].values()) > 0.05  # not uniform inside a class
+
+
+def test_no_per_batch_bar_when_stderr_is_a_file(monkeypatch):
+    """`clearpeft train ... > run.log 2>&1` gets the per-epoch lines, not a redraw of a bar per batch."""
+    import io
+
+    from clearpeft.train import _progress
+
+    monkeypatch.setattr(sys, "stderr", io.StringIO())
+    assert _progress(True, 10, "epoch 1/3") is None
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    monkeypatch.setattr(sys, "stderr", Terminal())
+    bar = _progress(True, 10, "epoch 1/3")
+    assert bar is not None
+    bar.close()

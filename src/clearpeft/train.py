@@ -586,7 +586,11 @@ def clean_probs_csv(data: Prepared, p: np.ndarray, predictions: np.ndarray) -> s
 
 
 def _progress(enabled: bool, total: int, desc: str):
-    if not enabled:
+    """A per-batch bar on a terminal; none when stderr is a file or pipe (`> run.log 2>&1` would collect a
+    redraw per batch), where the per-epoch line is the progress."""
+    import sys
+
+    if not enabled or not sys.stderr.isatty():
         return None
     from tqdm.auto import tqdm
 
