@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# One device call (issue 17): the dev-scored sweep, the protocol it writes, then the converged grid in its
+# One device call (issue 17): with SWEEP=1 the dev-scored sweep and the protocol it writes (the first session
+# did that: experiments/converged.yaml), else the committed protocol; then the converged grid in its
 # priority order, 14 runs at a time on one GPU, until DEADLINE seconds have passed; results come back as
 # tarballs in $OUT (run folders without weights and checkpoints). Expects the carried folder .gpu_carry/ with
 # data/ (a copy of ../shared/data) and minilm/ (the default backbone as a bf16 safetensors copy, loaded as fp32).
@@ -8,23 +9,29 @@ set -u
 export PYTHONPATH=$PWD/src PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 export CLEARPEFT_DATA=$PWD/.gpu_carry/data
 DEADLINE=${DEADLINE:-540}; WORKERS=${WORKERS:-14}; START=$(date +%s)
-RES=results/converged-gpu; SWEEP=(--rank-epochs 3 --confirm-epochs 15)
-[ "${SMOKE:-0}" = 1 ] && SWEEP=(--rank-epochs 1 --confirm-epochs 2 --max-train-samples 64 --max-eval-samples 64 --methods lora,full --datasets sst5)
+RES=results/converged-gpu; SWEEP_ARGS=(--rank-epochs 3 --confirm-epochs 15)
+[ "${SMOKE:-0}" = 1 ] && RES=runs/gpu-smoke SWEEP_ARGS=(--rank-epochs 1 --confirm-epochs 2 --max-train-samples 64 \
+  --max-eval-samples 64 --methods lora,full --datasets sst5)
 left() { echo $(( DEADLINE - ($(date +%s) - START) )); }
 mkdir -p $RES runs/gpu
 { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || echo "no GPU"
   python3 -c "import torch, transformers, peft, accelerate, sklearn; print('torch', torch.__version__, 'transformers', transformers.__version__, 'peft', peft.__version__, 'accelerate', accelerate.__version__, 'sklearn', sklearn.__version__, 'cuda', torch.cuda.is_available())"
-  nproc; } > $RES/device.txt 2>&1
-cat $RES/device.txt
-timeout --signal=TERM $(left) python3 experiments/lr_sweep_full.py "${SWEEP[@]}" --workers $WORKERS \
-  --model .gpu_carry/minilm --out runs/gpu/lr_sweep_full --results $RES/lr_sweep_full.csv \
-  --write-protocol $RES/converged.yaml 2>&1 | grep -v Warning | tee $RES/sweep.log
-if [ -f $RES/converged.yaml ]; then
+  nproc; date -u; } >> $RES/device.txt 2>&1
+tail -5 $RES/device.txt
+if [ "${SWEEP:-0}" = 1 ] || [ "${SMOKE:-0}" = 1 ]; then  # the sweep that wrote experiments/converged.yaml
+  timeout --signal=TERM $(left) python3 experiments/lr_sweep_full.py "${SWEEP_ARGS[@]}" --workers $WORKERS \
+    --model .gpu_carry/minilm --out runs/gpu/lr_sweep_full --results $RES/lr_sweep_full.csv \
+    --write-protocol $RES/converged.yaml 2>&1 | grep -v Warning | tee $RES/sweep.log
+else  # later sessions: the committed protocol; the grid skips the cells already in results/converged-gpu
+  PROTOCOL=experiments/converged.yaml
+fi
+PROTOCOL=${PROTOCOL:-$RES/converged.yaml}
+if [ -f $PROTOCOL ]; then
   # The GPU copy of the protocol reads the carried backbone.
-  sed 's|^base:|base:\n  model: .gpu_carry/minilm|' $RES/converged.yaml > runs/gpu/converged-gpu.yaml
+  sed 's|^base:|base:\n  model: .gpu_carry/minilm|' $PROTOCOL > runs/gpu/converged-gpu.yaml
   [ "${SMOKE:-0}" = 1 ] && sed -i 's|^base:|base:\n  max_train_samples: 64\n  max_eval_samples: 64|; s|^  epochs: .*|  epochs: 2|; s|warmup_epochs: 3|warmup_epochs: 1|; s|^methods: .*|methods: [lora, full]|; s|^datasets: .*|datasets: [sst5]|; /^extra:/,$d' runs/gpu/converged-gpu.yaml
   timeout --signal=TERM $(left) python3 -m clearpeft grid runs/gpu/converged-gpu.yaml --out $RES --workers $WORKERS 2>&1 \
-    | grep -v Warning | tee $RES/grid.log
+    | grep -v Warning | tee -a $RES/grid.log
 fi
 sleep 3
 tar czf $OUT/converged-gpu.tgz --exclude=checkpoints --exclude=weights --exclude=noisy_labels.csv \

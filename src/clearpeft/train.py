@@ -2,7 +2,8 @@
 
 One epoch, in order:
   1. training steps: gates r ~ strategy(p) per layer and sample (Bernoulli(γ) during warm-up, none for plain
-     PEFT); loss = CE(f(x; δ_r), ỹ) + λ·CE_soft(f(x; δ_r)/T, f_ens(x)/T) once f_ens exists;
+     PEFT, nor for clean-auto until a fit shows a noisy mode); loss = CE(f(x; δ_r), ỹ) +
+     λ·CE_soft(f(x; δ_r)/T, f_ens(x)/T) once f_ens exists;
   2. the per-sample pass over the training set (eval mode, no gradient, N routed passes): per-sample loss,
      f_ens = mean logits, predictions for the training dynamics (--no-dynamics: only where CleaR uses it);
   3. clean probability p from those losses (EMA, GMM), used from the first epoch after warm-up on;
