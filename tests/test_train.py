@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from clearpeft.train import DEFAULT_LR, DYNAMICS_FIELDS, TIMING_FIELDS, TrainConfig, train
+from clearpeft.train import DEFAULT_LR, DYNAMICS_FIELDS, FIT_FIELDS, TIMING_FIELDS, TrainConfig, train
 
 pytestmark = pytest.mark.slow
 
@@ -209,7 +209,8 @@ def test_fast_settings_skip_only_what_clear_does_not_use(lora_run, tmp_path, mon
     assert fast[:2] == full[:2]
     assert fast[2]["detect_auc"] is None and fast[2]["noisy_memorization"] is None
     assert full[2]["detect_auc"] is not None
-    unchanged = {k: v for k, v in full[2].items() if k not in DYNAMICS_FIELDS}
+    assert all(fast[2][k] is None for k in FIT_FIELDS) and full[2]["estimated_noise_rate"] is not None
+    unchanged = {k: v for k, v in full[2].items() if k not in DYNAMICS_FIELDS + FIT_FIELDS}
     assert {k: fast[2][k] for k in unchanged} == unchanged
 
 

@@ -359,7 +359,8 @@ def run_configs(jobs: list[tuple], workers: int = 1, progress: bool = False, log
     import os
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
-    threads = max(1, (os.cpu_count() or 1) // workers)
+    # each worker's share of the cores, unless OMP_NUM_THREADS says how many (torch's own default reads it too)
+    threads = int(os.environ.get("OMP_NUM_THREADS") or 0) or max(1, (os.cpu_count() or 1) // workers)
     context = multiprocessing.get_context("spawn")  # no fork of a process that may hold CUDA or threads
     with ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_init, initargs=(threads,)) as pool:
         pending = {}
