@@ -243,8 +243,9 @@ def test_clean_auto_is_plain_peft_until_the_losses_show_a_noisy_mode(tmp_path):
     the fit's statistics and the decision for the next epoch."""
     from clearpeft.routing import SEPARATION_THRESHOLD
 
-    train(small(tmp_path, "auto", routing="clean-auto"), progress=False, log=lambda m: None)
-    train(small(tmp_path, "plain", routing="none", reg_weight=0.0), progress=False, log=lambda m: None)
+    fast = dict(epochs=2, max_train_samples=128, max_eval_samples=64, eval_passes=0)  # the decision after epoch 1
+    train(small(tmp_path, "auto", routing="clean-auto", **fast), progress=False, log=lambda m: None)
+    train(small(tmp_path, "plain", routing="none", reg_weight=0.0, **fast), progress=False, log=lambda m: None)
     auto, plain = metrics(tmp_path / "auto"), metrics(tmp_path / "plain")
     for row in auto:
         assert 0.0 <= row["estimated_noise_rate"] <= 1.0 and 0.0 <= row["flagged_rate"] <= 1.0
