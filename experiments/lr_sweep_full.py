@@ -25,7 +25,7 @@ import csv
 import json
 from pathlib import Path
 
-from clearpeft.experiments.grid import run_configs
+from clearpeft.study.grid import run_configs
 from clearpeft.train import TrainConfig
 
 GRID = {  # around the linear-schedule choices of lr_sweep.py; a constant rate has no decay to forgive a high one

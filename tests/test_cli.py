@@ -34,7 +34,7 @@ def test_noise_command_rates_and_identical_files(tmp_path):
     assert first.returncode == 0, first.stderr
     assert abs(json.loads(first.stdout)["realized_noise_rate"] - 0.48) < 0.02
     assert a.read_bytes() == b.read_bytes()
-    assert a.read_text().splitlines()[0] == "text,label,noisy_label"
+    assert a.read_text().splitlines()[0] == "index,text,label,noisy_label"  # the same writer as a run's noisy_labels.csv
     asym = json.loads(run("noise", "sst5", "--noise", "asymmetric:0.4", "--json").stdout)
     assert abs(asym["realized_noise_rate"] - 0.40) < 0.02
     matrix = asym["transition_matrix"]

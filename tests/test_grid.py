@@ -17,9 +17,10 @@ import pytest
 from clearpeft import runs
 from clearpeft.cli import main
 from clearpeft.errors import UserError
-from clearpeft.experiments.grid import RESULT_COLUMNS, load_grid
-from clearpeft.experiments.report import PAPER_EXCERPT, parse_paper, write_report
-from clearpeft.train import DEFAULT_LR, TrainConfig, config_defaults
+from clearpeft.study.grid import RESULT_COLUMNS, load_grid
+from clearpeft.study.report import PAPER_EXCERPT, parse_paper, write_report
+from clearpeft.peft import training_defaults
+from clearpeft.train import TrainConfig, config_defaults
 
 REPO = Path(__file__).parents[1]
 AXES = "datasets: [sst5]\nnoises: [symmetric:0.6]\nmethods: [bitfit]\nroutings: [none, clean]\nseeds: [0]\n"
@@ -141,7 +142,7 @@ extra:
     assert (lora_b.dev_holdout, lora_b.epochs, lora_b.lr, lora_b.gamma) == (0.1, 3, 1e-3, 0.5)
     lora_s = by_folder["sst5/symmetric-0.6/lora-clean-reg1-s0"].config
     assert (lora_s.dev_holdout, lora_s.epochs, lora_s.lr, lora_s.gamma) == (0.0, 4, 1e-3, 0.85)
-    assert by_folder["sst5/symmetric-0.6/bitfit-clean-reg1-s0"].config.lr == DEFAULT_LR["bitfit"]
+    assert by_folder["sst5/symmetric-0.6/bitfit-clean-reg1-s0"].config.lr == training_defaults("bitfit")["lr"]
     assert by_folder["sst5/symmetric-0.6/bitfit-noisy-reg0-s1"].config.reg_weight == 0.0
 
 

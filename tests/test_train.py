@@ -9,7 +9,8 @@ import sys
 import numpy as np
 import pytest
 
-from clearpeft.train import DEFAULT_LR, DYNAMICS_FIELDS, FIT_FIELDS, TIMING_FIELDS, TrainConfig, train
+from clearpeft.peft import training_defaults
+from clearpeft.train import DYNAMICS_FIELDS, FIT_FIELDS, LABEL_ISSUE_COLUMNS, TIMING_FIELDS, TrainConfig, train
 
 pytestmark = pytest.mark.slow
 
@@ -64,11 +65,14 @@ def test_run_folder_files_and_fields(lora_run):
     assert abs(summary["realized_noise_rate"] - 0.48) < 0.08  # 192 samples of 60% symmetric noise
     with open(run / "clean_probs.csv") as handle:
         probs = list(csv.DictReader(handle))
-    assert len(probs) == 192
-    values = [float(r["clean_prob"]) for r in probs]
+    assert len(probs) == 192 and tuple(probs[0]) == LABEL_ISSUE_COLUMNS
+    values = [float(r["label_score"]) for r in probs]
     assert values == sorted(values) and 0.0 <= values[0] <= values[-1] <= 1.0
+    assert all((r["is_label_issue"] == "True") == (float(r["label_score"]) < 0.5) for r in probs)
+    names = json.loads((run / "config.json").read_text())["label_names"]
+    assert names[0] == "very negative" and all(names[int(r["given_label_id"])] == r["given_label"] for r in probs)
     config = json.loads((run / "config.json").read_text())
-    assert config["lr"] == DEFAULT_LR["lora"] and config["gamma"] == 0.85 and "torch" in config["versions"]
+    assert config["lr"] == training_defaults("lora")["lr"] and config["gamma"] == 0.85 and "torch" in config["versions"]
 
 
 def test_same_seed_same_metrics(lora_run, tmp_path):
@@ -91,8 +95,15 @@ def test_every_method_and_strategy_runs(tmp_path, peft, routing):
     assert all(0.0 <= r["test_acc"] <= 1.0 for r in rows)
     if routing == "none":
         assert rows[-1]["gate_mean_clean"] is None and rows[-1]["test_acc_routed"] == rows[-1]["test_acc"]
-    if routing == "deterministic":  # gates are exactly 0 or 1 after warm-up: the means are shares of p > 0.5
-        assert rows[-1]["gate_mean_clean"] in (0.0, 1.0) or 0.0 < rows[-1]["gate_mean_clean"] < 1.0
+    if routing == "deterministic":  # after warm-up a sample's gates are all 1 if p > 0.5, else all 0
+        from safetensors.numpy import load_file
+
+        p = load_file(str(tmp_path / "r" / "checkpoints" / "epoch-0" / "routing_state.safetensors"))["p"]
+        with open(tmp_path / "r" / "noisy_labels.csv") as handle:
+            clean = np.array([r["label"] == r["noisy_label"] for r in csv.DictReader(handle)])
+        assert rows[-1]["gate_mean_clean"] == pytest.approx(np.mean(p[clean] > 0.5), abs=1e-6)  # float32 means
+        assert rows[-1]["gate_mean_corrupted"] == pytest.approx(np.mean(p[~clean] > 0.5), abs=1e-6)
+        assert 0.0 < np.mean(p > 0.5) < 1.0  # the check means something: both kinds of sample occur
 
 
 def test_cli_train_and_predict(tmp_path):

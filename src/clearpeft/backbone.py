@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .errors import UserError
+from .errors import UserError, first_line
 
 DEFAULT_MODEL = "default"
 
@@ -49,7 +49,7 @@ def load_tokenizer(name: str | None):
     try:
         return AutoTokenizer.from_pretrained(where)
     except (OSError, ValueError) as exc:
-        raise UserError(f"cannot load a tokenizer for model {name!r}: {_first_line(exc)}") from exc
+        raise UserError(f"cannot load a tokenizer for model {name!r}: {first_line(exc)}") from exc
 
 
 def encoder_config(name: str | None, **kwargs):
@@ -62,7 +62,7 @@ def encoder_config(name: str | None, **kwargs):
     try:
         config = AutoConfig.from_pretrained(resolve_model(name), **kwargs)
     except (OSError, ValueError) as exc:
-        raise UserError(f"cannot load model {name!r}: {_first_line(exc)}") from exc
+        raise UserError(f"cannot load model {name!r}: {first_line(exc)}") from exc
     # BERT-family models are masked LMs (some also have a causal head); GPT-style models are causal only.
     decoder_only = config.model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES \
         and config.model_type not in MODEL_FOR_MASKED_LM_MAPPING_NAMES
@@ -84,7 +84,7 @@ def load_classifier(name: str | None, num_labels: int, seed: int = 0):
         # AdamW on bf16 weights loses small updates); --bf16 is autocast on top of float32 weights.
         model = AutoModelForSequenceClassification.from_pretrained(where, config=config, dtype=torch.float32)
     except (OSError, ValueError) as exc:
-        raise UserError(f"model {name!r} has no sequence-classification head class: {_first_line(exc)}") from exc
+        raise UserError(f"model {name!r} has no sequence-classification head class: {first_line(exc)}") from exc
     return model
 
 
@@ -129,8 +129,3 @@ def _embed(texts: list[str], model: str | None, batch_size: int, max_length: int
         mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
         out[idx] = ((hidden * mask).sum(1) / mask.sum(1)).numpy()
     return out
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__

@@ -6,38 +6,9 @@ import argparse
 import json
 import os
 import sys
-from dataclasses import asdict, fields
 from pathlib import Path
 
 from .errors import UserError
-
-OPTIONAL_TYPES = {"data_dir": str, "test_file": str, "lr": float, "gamma": float, "ensemble": int,
-                  "temperature": float, "loss_ema": float, "max_train_samples": int, "max_eval_samples": int}
-HELP = {
-    "dataset": "sst5, banking77, or a local .csv/.tsv/.jsonl file",
-    "peft": "lora | prompt | adapter | bitfit | full",
-    "routing": "none (plain PEFT) | clean (CleaR, the paper's) | clean-auto (CleaR that stands down where the "
-               "losses show no separate noisy mode) | deterministic | random | noisy",
-    "lr_schedule": "linear: 6%% warm-up, then decay to 0 | constant: the reference code's (no scheduler, no warm-up)",
-    "noise": "clean, symmetric:R, symmetric-exclusive:R, asymmetric:R or instance:R (training split only)",
-    "gamma": "upper bound γ of the gate probability (default per method: 0.7 adapter, 0.85 LoRA/prompt, 0.9 BitFit)",
-    "reg_weight": "λ of the consistency regularization; 0 turns it off",
-    "ensemble": "N routed passes averaged into f_ens (default 2 for LoRA, 1 otherwise)",
-    "loss_ema": "weight of the previous epoch's loss in the loss EMA (default 0.9 adapter, 0 = off otherwise)",
-    "eval_passes": "routed test passes averaged for test_acc_routed (0: no routed evaluation); test_acc, all "
-                   "modules on, is the headline",
-    "estimate_from": "pass: p and f_ens from a no-gradient pass after each epoch (faithful, default); train: from "
-                     "the losses and logits of the epoch's own training steps (no extra pass)",
-    "pass_gates": "gates of that pass: random = Bernoulli(γ) for every sample, independent of p (reference code, "
-                  "default); routed = drawn as the epoch's steps (by p), which lets p feed on itself",
-    "gate_weighted_loss": "diagnosis, not part of CleaR: weight each sample's loss by the share of its layers routed "
-                          "on, so a sample routed off trains neither its modules nor the never-routed head",
-    "no_dynamics": "make the per-sample pass only where CleaR uses it (before routed epochs; never for plain PEFT): "
-                   "faster, without the per-epoch learning, memorization and detection metrics",
-    "bf16": "bf16 autocast (CPU with AVX-512 BF16, or GPU)",
-    "log_with": "none | tensorboard | wandb | all (trackers of Accelerate)",
-}
-
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str):  # one line, exit 2 (argparse prints the usage block otherwise)
@@ -45,10 +16,10 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _dataset_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data-dir", help="folder with sst5/ and banking77/ (default: $CLEARPEFT_DATA, else the hub)")
-    p.add_argument("--text-column", default="text")
-    p.add_argument("--label-column", default="label")
-    p.add_argument("--test-file", help="separate test file for a local data set")
+    p.add_argument("--data-dir", help=_field_help("data_dir"))
+    p.add_argument("--text-column", default="text", help=_field_help("text_column"))
+    p.add_argument("--label-column", default="label", help=_field_help("label_column"))
+    p.add_argument("--test-file", help=_field_help("test_file").replace("%", "%%"))
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
 
@@ -83,9 +54,7 @@ def cmd_data(args) -> int:
 
 
 def cmd_noise(args) -> int:
-    import csv
-
-    from .noise import NoiseSpec, apply_noise
+    from .noise import NoiseSpec, apply_noise, noisy_labels_csv
     from .runs import atomic_write_text
 
     spec = NoiseSpec.parse(args.noise)
@@ -97,15 +66,8 @@ def cmd_noise(args) -> int:
         features = embed_texts(bundle.train.texts, args.model)
     noisy = apply_noise(bundle.train.labels, bundle.num_labels, spec, args.seed, features=features)
     if args.out:
-        import io
-
-        buf = io.StringIO()
-        writer = csv.writer(buf)
-        writer.writerow(["text", "label", "noisy_label"])
-        for text, y, z in zip(bundle.train.texts, bundle.train.labels, noisy.noisy):
-            writer.writerow([text, int(y), int(z)])
         try:
-            atomic_write_text(args.out, buf.getvalue())
+            atomic_write_text(args.out, noisy_labels_csv(bundle.train.texts, bundle.train.labels, noisy.noisy))
         except OSError as exc:
             raise UserError(f"cannot write {args.out}: {exc.strerror or exc}") from exc
     result = {"dataset": bundle.name, "noise": str(spec), "seed": args.seed, "samples": len(noisy.noisy),
@@ -180,35 +142,32 @@ def _train_config(args):
 
 
 def cmd_train(args) -> int:
-    from .train import train
+    from .api import fit
 
     cfg = _train_config(args)
-    summary = train(cfg, resume=args.resume, overwrite=args.overwrite, progress=not args.json,
-                    log=(lambda m: print(m, file=sys.stderr)) if args.json else print)
+    options = {k: v for k, v in vars(cfg).items() if k not in ("dataset", "text_column", "label_column", "out")}
+    run = fit(cfg.dataset, text_column=cfg.text_column, label_column=cfg.label_column, out=cfg.out,
+              resume=args.resume, overwrite=args.overwrite, progress=not args.json,
+              log=(lambda m: print(m, file=sys.stderr)) if args.json else print, **options)
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun / accelerate launch only rank 0 reports
         return 0
+    summary = run.summary
     if args.json:
         print(json.dumps(summary))
         return 0
     print()
     print(f"{'run':<22} {cfg.out}")
-    for key in ("method", "routing", "noise", "realized_noise_rate", "epochs", "peak_acc", "avg_acc", "last_acc",
-                "peak_acc_routed", "avg_acc_routed", "trainable_params", "train_seconds"):
+    for key in ("method", "routing", "noise", "realized_noise_rate", "estimated_noise_rate", "epochs", "peak_acc",
+                "avg_acc", "last_acc", "peak_acc_routed", "avg_acc_routed", "trainable_params", "train_seconds"):
         value = summary[key]
         print(f"{key:<22} {value:.4f}" if isinstance(value, float) else f"{key:<22} {value}")
     return 0
 
 
 def cmd_predict(args) -> int:
-    import torch
+    from .api import load_run
 
-    from .backbone import load_tokenizer
-    from .peft import load_model
-
-    run = Path(args.run_dir)
-    if not (run / "config.json").exists() or not (run / "weights").exists():
-        raise UserError(f"{run} is not a finished clearpeft run (no config.json or weights/)")
-    config = json.loads((run / "config.json").read_text())
+    run = load_run(args.run_dir)
     if args.text is not None:
         texts = list(args.text)
     else:
@@ -218,20 +177,12 @@ def cmd_predict(args) -> int:
             raise UserError(f"cannot read {args.file}: {exc}") from exc
     if not texts:
         raise UserError("nothing to predict: give --text or a --file with one text per line")
-    model = load_model(run / "weights", config["model"]).eval()
-    tokenizer = load_tokenizer(config["model"])
-    names = config["label_names"]
+    probs = run.predict_proba(texts)
     results = []
-    with torch.no_grad():
-        for start in range(0, len(texts), 64):
-            chunk = texts[start : start + 64]
-            batch = tokenizer(chunk, padding=True, truncation=True, max_length=config["max_length"],
-                              return_tensors="pt")
-            probs = torch.softmax(model(batch["input_ids"], batch["attention_mask"]).float(), -1)
-            for text, row in zip(chunk, probs):
-                k = int(row.argmax())
-                results.append({"text": text, "label": k, "label_name": names[k], "probability": float(row[k]),
-                                "probabilities": [round(float(v), 6) for v in row]})
+    for text, row in zip(texts, probs):
+        k = int(row.argmax())
+        results.append({"text": text, "label": k, "label_name": run.label_names[k], "probability": float(row[k]),
+                        "probabilities": [round(float(v), 6) for v in row]})
     if args.json:
         print(json.dumps(results))
     else:
@@ -240,8 +191,24 @@ def cmd_predict(args) -> int:
     return 0
 
 
+def cmd_label_issues(args) -> int:
+    from .api import load_run
+
+    if args.top < 1:
+        raise UserError(f"--top must be at least 1, got {args.top}")
+    frame = load_run(args.run_dir).label_issues(top=args.top)
+    if args.json:
+        print(frame.to_json(orient="records"))
+        return 0
+    print(f"{'score':>6}  {'given label':<24} {'predicted label':<24} text")
+    for row in frame.itertuples():
+        text = row.text if len(row.text) <= 100 else row.text[:97] + "..."
+        print(f"{row.label_score:>6.3f}  {row.given_label[:24]:<24} {row.predicted_label[:24]:<24} {text}")
+    return 0
+
+
 def cmd_grid(args) -> int:
-    from .experiments.grid import run_grid
+    from .study.grid import run_grid
 
     out = args.out or str(Path("results") / Path(args.config).stem)
     log = (lambda m: print(m, file=sys.stderr, flush=True)) if args.json else (lambda m: print(m, flush=True))
@@ -252,7 +219,7 @@ def cmd_grid(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from .experiments.report import write_report
+    from .study.report import write_report
 
     result = write_report(args.results_dirs, args.out, args.figures)
     print(json.dumps(result) if args.json else f"wrote {result['report']} ({result['runs']} runs, "
@@ -260,17 +227,42 @@ def cmd_report(args) -> int:
     return 0
 
 
-def _add_train_options(p: argparse.ArgumentParser) -> None:
+def _field_help(name: str) -> str:
+    from dataclasses import fields
+
     from .train import TrainConfig
 
+    return next(f.metadata["help"] for f in fields(TrainConfig) if f.name == name)
+
+
+def _add_train_options(p: argparse.ArgumentParser) -> None:
+    """One flag per TrainConfig field, with its help, type and default from the field itself."""
+    import typing
+    from dataclasses import fields
+
+    from .peft import METHODS, TRAINING_DEFAULTS
+    from .train import TrainConfig
+
+    hints = typing.get_type_hints(TrainConfig)
     for f in fields(TrainConfig):
-        flag = "--" + f.name.replace("_", "-")
+        flag, text = "--" + f.name.replace("_", "-"), f.metadata["help"].replace("%", "%%")
+        choices = f.metadata["choices"]
+        if choices and not all(c in text for c in choices):
+            text = f"{' | '.join(choices)}: {text}"
         if isinstance(f.default, bool):
-            p.add_argument(flag, action="store_true", default=argparse.SUPPRESS, help=HELP.get(f.name))
+            p.add_argument(flag, action="store_true", default=argparse.SUPPRESS, help=text)
             continue
-        kind = OPTIONAL_TYPES.get(f.name) or type(f.default)
-        p.add_argument(flag, type=kind, default=argparse.SUPPRESS,
-                       help=(HELP.get(f.name, "") + f" (default: {f.default})").strip())
+        kind = next(t for t in (typing.get_args(hints[f.name]) or (hints[f.name],)) if t is not type(None))
+        if f.metadata["per_method"]:
+            own = {m: METHODS[m][0].training_defaults[f.name] for m in METHODS
+                   if f.name in METHODS[m][0].training_defaults}
+            default = ", ".join(f"{m} {v:g}" for m, v in own.items())
+            if len(own) < len(METHODS) and TRAINING_DEFAULTS[f.name] is not None:
+                default += f", others {TRAINING_DEFAULTS[f.name]:g}"
+            text += f" (default per method: {default})"
+        elif f.default is not None:
+            text += f" (default: {f.default})"
+        p.add_argument(flag, type=kind, default=argparse.SUPPRESS, help=text)
     p.add_argument("--config", help="YAML file of options; flags given here override it")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     p.add_argument("--overwrite", action="store_true", help="replace the run in --out")
@@ -289,9 +281,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("noise", help="inject label noise into the training split and report it")
     p.add_argument("dataset", metavar="DATASET")
-    p.add_argument("--noise", required=True, help=HELP["noise"])
+    p.add_argument("--noise", required=True, help=_field_help("noise"))
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", help="write the training split as text,label,noisy_label CSV")
+    p.add_argument("--out", help="write the training split as index,text,label,noisy_label CSV")
     p.add_argument("--model", default="default", help="encoder for instance-dependent noise features")
     _dataset_options(p)
     p.set_defaults(func=cmd_noise)
@@ -313,6 +305,12 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--file", help="a file with one text per line")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("label-issues", help="the training samples most likely mislabelled, from a finished run")
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("--top", type=int, default=20, help="how many to show (default: 20)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_label_issues)
 
     p = sub.add_parser("grid", help="run every cell of a YAML experiment grid (skips finished, resumes killed)")
     p.add_argument("config", metavar="CONFIG.yaml")

@@ -7,3 +7,9 @@ class UserError(Exception):
     The message names the problem and, where there is one, the fix. The CLI prints it on one line and
     exits with code 2; library callers can catch it like any other exception.
     """
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (library errors run to pages), for a one-line UserError."""
+    lines = str(exc).strip().splitlines()
+    return (lines[0] if lines else type(exc).__name__)[:200]

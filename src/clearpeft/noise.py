@@ -110,6 +110,20 @@ def apply_noise(labels: np.ndarray, num_classes: int, spec: NoiseSpec, seed: int
                        transition_matrix(true, noisy, k), probs)
 
 
+def noisy_labels_csv(texts: list[str], labels: np.ndarray, noisy: np.ndarray) -> str:
+    """The training split as index,text,label,noisy_label CSV (``clearpeft noise --out`` and a run's
+    noisy_labels.csv): ground truth beside what training sees, for anyone scoring a label-issue detector."""
+    import csv
+    import io
+
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(["index", "text", "label", "noisy_label"])
+    for i, (text, y, z) in enumerate(zip(texts, labels, noisy)):
+        writer.writerow([i, text, int(y), int(z)])
+    return buf.getvalue()
+
+
 def instance_probabilities(labels: np.ndarray, num_classes: int, rate: float, rng: np.random.Generator,
                            features: np.ndarray) -> np.ndarray:
     """Per-sample noisy-label distributions of the part-dependent generator of Xia et al. (2020).

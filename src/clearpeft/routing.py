@@ -23,8 +23,6 @@ STRATEGIES = ("none", "clean", "clean-auto", "deterministic", "random", "noisy")
 # a mixture of two Gaussians that is cleanly bimodal (Ashman et al. 1994). Below it the "noisy" component is
 # the tail of one mode (samples not learnt yet), and clean-auto stands down.
 SEPARATION_THRESHOLD = 2.0
-# Upper bound γ of the gate probability (reference code, SPEC.md step 3).
-DEFAULT_GAMMA = {"adapter": 0.7, "lora": 0.85, "prompt": 0.85, "bitfit": 0.9}
 
 
 def gate_probability(strategy: str, p: torch.Tensor, gamma: float) -> torch.Tensor:

@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -128,3 +129,103 @@ def checkpoint_is_intact(folder: Path) -> bool:
         return json.loads(digest.read_text()) == folder_digests(folder)
     except (OSError, ValueError):
         return False
+
+
+ROUTING_STATE = "routing_state.safetensors"
+
+
+class RunFolder:
+    """A run's folder as the training loop writes it: config.json and noisy_labels.csv at the start,
+    status.json (where the run is), a metrics.jsonl line per epoch, an atomic checkpoint per epoch, and at the
+    end weights/, clean_probs.csv and summary.json. Only the main process writes; every process reads."""
+
+    def __init__(self, out: Path, accelerator):
+        self.out, self.accelerator, self.main = Path(out), accelerator, accelerator.is_main_process
+
+    def start(self, config: dict, noisy_labels_csv: str) -> None:
+        """First start only: a resumed run keeps the files of its first start."""
+        if self.main and not (self.out / CONFIG).exists():
+            atomic_write_text(self.out / "noisy_labels.csv", noisy_labels_csv)
+            atomic_write_json(self.out / CONFIG, config)
+        self.accelerator.wait_for_everyone()
+
+    def status(self, epoch: int, phase: str) -> None:
+        """status.json says where a run is (epoch and phase: train, pass, eval, checkpoint, done), for a user
+        watching a long run and for the tests that kill a run at a chosen moment."""
+        if self.main:
+            atomic_write_json(self.out / "status.json", {"epoch": epoch, "phase": phase, "time": time.time()})
+
+    def history(self, before_epoch: int) -> list[dict]:
+        """The metrics of the epochs before ``before_epoch``; metrics.jsonl is cut back to them (a run killed
+        after its metrics line but before the checkpoint redoes that epoch)."""
+        rows = [m for m in read_jsonl(self.out / METRICS) if m["epoch"] < before_epoch]
+        self.accelerator.wait_for_everyone()
+        if self.main:
+            atomic_write_text(self.out / METRICS, "".join(json.dumps(m) + "\n" for m in rows))
+        return rows
+
+    def append_metrics(self, row: dict) -> None:
+        if self.main:
+            with open(self.out / METRICS, "a", encoding="utf-8") as handle:
+                handle.write(json.dumps(row) + "\n")
+
+    def save_checkpoint(self, epoch: int, arrays: dict, train_seconds: float) -> None:
+        """checkpoints/epoch-E, atomically (temporary folder, hashes, rename): Accelerate's state (trainable
+        weights, optimizer, scheduler, every process's random states) and the routing state ``arrays``
+        (None values are left out). The previous checkpoint stays as a fallback in case the newest is damaged."""
+        from safetensors.numpy import save_file
+
+        folder = self.out / CHECKPOINTS
+        tmp = folder / f".tmp-epoch-{epoch}"
+        if self.main:
+            folder.mkdir(exist_ok=True)
+            if tmp.exists():
+                shutil.rmtree(tmp)
+        self.accelerator.wait_for_everyone()
+        self.accelerator.save_state(str(tmp))
+        self.accelerator.wait_for_everyone()
+        if self.main:
+            save_file({k: v for k, v in arrays.items() if v is not None}, str(tmp / ROUTING_STATE))
+            atomic_write_json(tmp / "progress.json", {"epoch": epoch, "train_seconds": train_seconds})
+            commit_checkpoint(tmp, folder / f"epoch-{epoch}")
+            for old in folder.glob("epoch-*"):
+                if int(old.name.split("-")[1]) < epoch - 1:
+                    shutil.rmtree(old, ignore_errors=True)
+        self.accelerator.wait_for_everyone()  # nobody goes on (or resumes) before the checkpoint is committed
+
+    def load_checkpoint(self, log) -> tuple[int, dict, float] | None:
+        """Restore the newest intact checkpoint into the prepared objects; returns (next epoch, routing
+        arrays, train seconds so far), or None when there is none."""
+        from safetensors.numpy import load_file
+
+        folder = self.out / CHECKPOINTS
+        candidates = sorted(folder.glob("epoch-*"), key=lambda f: int(f.name.split("-")[1]), reverse=True) \
+            if folder.exists() else []
+        for checkpoint in candidates:
+            if not checkpoint_is_intact(checkpoint):
+                log(f"warning: checkpoint {checkpoint.name} is damaged (hash mismatch); trying the previous one")
+                continue
+            self.accelerator.load_state(str(checkpoint), strict=False)  # frozen weights come from the backbone
+            progress = json.loads((checkpoint / "progress.json").read_text())
+            log(f"resuming after epoch {progress['epoch'] + 1} from {checkpoint}")
+            return progress["epoch"] + 1, load_file(str(checkpoint / ROUTING_STATE)), progress["train_seconds"]
+        return None
+
+    def finish(self, core, summary: dict, clean_probs_csv: str) -> None:
+        if self.main:
+            core.save_trained(self.out / "weights")
+            atomic_write_text(self.out / "clean_probs.csv", clean_probs_csv)
+            atomic_write_json(self.out / SUMMARY, summary)
+        self.accelerator.wait_for_everyone()  # the run is whole before any process reads it back
+
+
+def keep_trainable_only(accelerator) -> None:
+    """Checkpoints hold the trained pieces, not the frozen backbone (MBs instead of the whole model)."""
+
+    def keep_trainable(models, weights, output_dir):
+        for model, state in zip(models, weights):
+            trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+            for name in [n for n in state if n not in trainable]:
+                del state[name]
+
+    accelerator.register_save_state_pre_hook(keep_trainable)

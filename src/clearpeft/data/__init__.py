@@ -3,6 +3,6 @@
 This package knows nothing of models; tokenization and batching live in `clearpeft.data.batching`.
 """
 
-from .loaders import REGISTERED, DataBundle, Split, load_data
+from .loaders import REGISTERED, DataBundle, Split, from_records, load_data
 
-__all__ = ["REGISTERED", "DataBundle", "Split", "load_data"]
+__all__ = ["REGISTERED", "DataBundle", "Split", "from_records", "load_data"]

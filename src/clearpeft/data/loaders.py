@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import UserError
+from ..errors import UserError, first_line
 
 REGISTERED = ("sst5", "banking77")
 LOCAL_SUFFIXES = (".csv", ".tsv", ".jsonl")
@@ -68,7 +68,7 @@ class DataBundle:
     name: str
     label_names: list[str]
     train: Split
-    test: Split
+    test: Split | None  # None only for the API's in-memory data given without a test split
     dev: Split | None = None
 
     @property
@@ -219,7 +219,7 @@ def _load_banking77_dir(folder: Path) -> DataBundle:
     try:
         names = json.loads(_read_text(names_path))
     except (ValueError, RecursionError) as exc:
-        raise UserError(f"{names_path} is not valid JSON ({_first_line(exc)}): restore the original file") from exc
+        raise UserError(f"{names_path} is not valid JSON ({first_line(exc)}): restore the original file") from exc
     if not isinstance(names, list) or not names or not all(isinstance(n, str) and n for n in names) \
             or len(set(names)) != len(names):
         raise UserError(f"{names_path} must be a JSON list of distinct intent names: restore the original file")
@@ -250,12 +250,36 @@ def _load_from_hub(name: str) -> DataBundle:
         names = list(ds["train"].features["label"].names)  # already in sorted order
         return DataBundle("banking77", names, _hub_split(ds["train"]), _hub_split(ds["test"]), None)
     except Exception as exc:  # offline, network, cache or schema: the hub client fails in many ways
-        raise UserError(f"the data set {name} could not be loaded from the hub ({_first_line(exc)}): "
+        raise UserError(f"the data set {name} could not be loaded from the hub ({first_line(exc)}): "
                         f"set --data-dir or CLEARPEFT_DATA to a folder holding {name}/") from exc
 
 
 def _hub_split(split) -> Split:
     return Split(list(split["text"]), np.asarray(split["label"], dtype=np.int64))
+
+
+# ---------------------------------------------------------------- Python objects (the API's fit)
+
+def from_records(texts: list[str], labels: list, test_texts: list[str] | None = None, test_labels: list | None = None,
+                 name: str = "in-memory") -> DataBundle:
+    """A DataBundle from Python lists, by the label rules of local files (``load_data``): integer labels keep
+    their numeric order, string labels sort as strings, and names are the label strings. No test split unless
+    given (an in-memory run then has no test metrics)."""
+    def rows(texts, labels, what):
+        return [_row(f"row {i + 1}", text, _label_text(label, f"{what} row {i + 1}"), what)
+                for i, (text, label) in enumerate(zip(texts, labels))]
+
+    train_rows = rows(texts, labels, "data")
+    if not train_rows:
+        raise UserError("data has no rows: give at least two labelled texts")
+    test_rows = rows(test_texts, test_labels, "test") if test_texts is not None else None
+    names, ids = _label_map([r.label for r in train_rows], None if test_rows is None else [r.label for r in test_rows],
+                            "test")
+    if len(names) < 2:
+        raise UserError(f"data has a single class ({names[0]!r}): classification needs at least two labels")
+    train = Split([r.text for r in train_rows], np.array([ids[r.label] for r in train_rows]))
+    test = Split([r.text for r in test_rows], np.array([ids[r.label] for r in test_rows])) if test_rows else None
+    return DataBundle(name, names, train, test, None)
 
 
 # ---------------------------------------------------------------- local files
@@ -386,7 +410,7 @@ def _parse_jsonl(text: str, path: Path, text_column: str, label_column: str) -> 
         try:
             obj = json.loads(line)
         except (ValueError, RecursionError) as exc:
-            raise UserError(f"{path} line {lineno} is not valid JSON ({_first_line(exc)}): "
+            raise UserError(f"{path} line {lineno} is not valid JSON ({first_line(exc)}): "
                             f"write one JSON object a line") from exc
         if not isinstance(obj, dict):
             raise UserError(f"{path} line {lineno} is a JSON {type(obj).__name__}, not an object: "
@@ -404,13 +428,19 @@ def _parse_jsonl(text: str, path: Path, text_column: str, label_column: str) -> 
 
 
 def _json_label(value, path: Path, lineno: int) -> str:
+    return _label_text(value, f"{path} line {lineno}")
+
+
+def _label_text(value, where: str) -> str:
+    """A label as the string the label map takes: strings stripped, integers (and integral floats) as digits."""
     if isinstance(value, str):
         return value.strip()
-    if isinstance(value, int) and not isinstance(value, bool):
-        return str(value)
-    if isinstance(value, float) and math.isfinite(value) and value.is_integer():
+    if isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_)):
         return str(int(value))
-    raise UserError(f"{path} line {lineno}: the label must be a string or an integer, got {json.dumps(value)[:40]}")
+    if isinstance(value, (float, np.floating)) and math.isfinite(value) and float(value).is_integer():
+        return str(int(value))
+    shown = json.dumps(value)[:40] if isinstance(value, (list, dict, bool, type(None))) else repr(value)[:40]
+    raise UserError(f"{where}: the label must be a string or an integer, got {shown}")
 
 
 def _row(where: str, text: str, label: str, path: Path) -> _Row:
@@ -424,8 +454,3 @@ def _row(where: str, text: str, label: str, path: Path) -> _Row:
 def _preview(values: list, limit: int = 5) -> str:
     shown = ", ".join(repr(v) for v in values[:limit])
     return shown + (f" and {len(values) - limit} more" if len(values) > limit else "")
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return (lines[0] if lines else type(exc).__name__)[:200]

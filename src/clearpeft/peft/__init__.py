@@ -31,6 +31,9 @@ METHODS: dict[str, tuple[type, Any]] = {
     "full": (full.FullConfig, full.attach),
 }
 ROUTABLE = ("lora", "prompt", "adapter", "bitfit")
+# Training options a method may give its own default (its config's ``training_defaults``), and the value where
+# it gives none. TrainConfig fills them in for whatever a run leaves unset.
+TRAINING_DEFAULTS = {"lr": None, "gamma": 1.0, "temperature": 1.0, "ensemble": 1, "loss_ema": 0.0}
 WEIGHTS_FILE = "trained.safetensors"
 METHOD_FILE = "method.json"
 
@@ -44,6 +47,11 @@ def method_config(method: str, **options: Any):
     config = cls(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in options.items() if k in known})
     config.validate()
     return config
+
+
+def training_defaults(method: str) -> dict:
+    """lr, γ, consistency temperature, ensemble size and loss EMA of ``method`` when a run leaves them unset."""
+    return {**TRAINING_DEFAULTS, **METHODS[method][0].training_defaults}
 
 
 class RoutedClassifier(nn.Module):
@@ -147,4 +155,4 @@ def load_model(folder: str | Path, model_name: str | None = None) -> RoutedClass
     return model
 
 
-__all__ = ["METHODS", "ROUTABLE", "RoutedClassifier", "build_model", "load_model", "method_config", "GateState"]
+__all__ = ["METHODS", "ROUTABLE", "RoutedClassifier", "build_model", "load_model", "method_config", "training_defaults", "GateState"]

@@ -9,6 +9,7 @@ A forward hook on the projection returns ``h + r·up(gelu(down(h)))``.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -18,6 +19,9 @@ from .gates import GateState, freeze_all_but_head, layer_index
 
 @dataclass
 class AdapterConfig:
+    # What TrainConfig fills in when a run leaves them unset (learning rate: experiments/lr_sweep.py; γ, the
+    # consistency temperature and the loss EMA: the reference code).
+    training_defaults: ClassVar[dict] = {"lr": 1e-3, "gamma": 0.7, "temperature": 0.5, "loss_ema": 0.9}
     bottleneck: int = 16
     # BERT/RoBERTa names: the attention output projection and the FFN output projection of each block.
     target_modules: tuple[str, ...] = ("attention.output.dense", "output.dense")

@@ -9,6 +9,7 @@ the delta apart, rather than training the bias in place, is what makes per-sampl
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -18,6 +19,8 @@ from .gates import GateState, freeze_all_but_head, layer_index
 
 @dataclass
 class BitFitConfig:
+    # What TrainConfig fills in when a run leaves them unset (lr: experiments/lr_sweep.py; γ: the reference code).
+    training_defaults: ClassVar[dict] = {"lr": 3e-3, "gamma": 0.9}
     include_layernorm: bool = True
 
     def validate(self) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 from torch import nn
 
@@ -11,6 +12,9 @@ from .gates import GateState
 
 @dataclass
 class FullConfig:
+    # What TrainConfig fills in when a run leaves it unset (experiments/lr_sweep.py). Nothing to route.
+    training_defaults: ClassVar[dict] = {"lr": 1e-4}
+
     def validate(self) -> None:
         pass
 

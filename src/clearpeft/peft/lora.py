@@ -7,6 +7,7 @@ the low-rank branch by the gate, which gives ``W + r·BA`` in one pass of the la
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 from torch import nn
 
@@ -15,6 +16,9 @@ from .gates import GateState, layer_index, scale_output_hook
 
 @dataclass
 class LoRAConfig:
+    # What TrainConfig fills in when a run leaves them unset (learning rate: experiments/lr_sweep.py; γ and the
+    # ensemble of 2 routed passes: the reference code).
+    training_defaults: ClassVar[dict] = {"lr": 3e-3, "gamma": 0.85, "ensemble": 2}
     rank: int = 4
     alpha: int = 8
     dropout: float = 0.0

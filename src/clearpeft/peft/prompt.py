@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -24,6 +25,8 @@ from .gates import GateState, encoder_layers
 
 @dataclass
 class PromptConfig:
+    # What TrainConfig fills in when a run leaves them unset (lr: experiments/lr_sweep.py; γ: the reference code).
+    training_defaults: ClassVar[dict] = {"lr": 3e-2, "gamma": 0.85}
     length: int = 20
 
     def validate(self) -> None:

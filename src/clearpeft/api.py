@@ -1,0 +1,183 @@
+"""The Python API: what the command line does, for notebooks and scripts (the CLI stands on it).
+
+    import clearpeft
+    run = clearpeft.fit(texts, labels, peft="lora", routing="clean", epochs=10, out="runs/x")
+    run.predict(["a great movie"])          # label names; run.predict_proba(...) -> array [n, K]
+    run.label_issues()                      # DataFrame of training samples, most suspicious first
+    run = clearpeft.load_run("runs/x")      # the same object from a finished run folder
+
+``fit`` takes texts and labels as lists, arrays or pandas Series; or one pandas DataFrame or
+``datasets.Dataset`` (columns ``text_column`` and ``label_column``); or the name of a registered data set or a
+local file, as ``clearpeft train --dataset``. Labels may be strings or integers; their names come back in
+predictions. Every other keyword is a ``TrainConfig`` field (``clearpeft train --help``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import fields
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from . import runs
+from .errors import UserError
+
+
+class Run:
+    """A finished run folder: its config, summary, per-epoch metrics, label-issue report and trained model."""
+
+    def __init__(self, folder: str | Path):
+        self.folder = Path(folder)
+        config_file = self.folder / runs.CONFIG
+        if not config_file.exists() or not (self.folder / "weights").is_dir():
+            raise UserError(f"{self.folder} is not a finished clearpeft run (no config.json or weights/)")
+        try:
+            self.config = json.loads(config_file.read_text())
+        except ValueError as exc:
+            raise UserError(f"{config_file} is not valid JSON: the run folder is damaged") from exc
+        self.label_names: list[str] = list(self.config["label_names"])
+        self._model = self._tokenizer = None
+
+    def __repr__(self) -> str:
+        return f"Run({str(self.folder)!r}, peft={self.config['peft']!r}, routing={self.config['routing']!r})"
+
+    @property
+    def summary(self) -> dict:
+        """summary.json: Peak / Avg / Last test accuracy, the estimated noise rate, ... (``clearpeft train``)."""
+        return json.loads((self.folder / runs.SUMMARY).read_text())
+
+    @property
+    def history(self) -> list[dict]:
+        """metrics.jsonl: one dict per epoch."""
+        return runs.read_jsonl(self.folder / runs.METRICS)
+
+    def predict_proba(self, texts: Sequence[str], batch_size: int = 64):
+        """Class probabilities [len(texts), K] of the trained model with every module on."""
+        import torch
+
+        texts = _texts(texts, "texts")
+        model, tokenizer = self._loaded()
+        out = []
+        with torch.no_grad():
+            for start in range(0, len(texts), batch_size):
+                batch = tokenizer(texts[start:start + batch_size], padding=True, truncation=True,
+                                  max_length=self.config["max_length"], return_tensors="pt")
+                out.append(torch.softmax(model(batch["input_ids"], batch["attention_mask"]).float(), -1).numpy())
+        return np.concatenate(out) if out else np.zeros((0, len(self.label_names)), np.float32)
+
+    def predict(self, texts: Sequence[str]) -> list[str]:
+        """The predicted label name of each text."""
+        return [self.label_names[k] for k in self.predict_proba(texts).argmax(-1)]
+
+    def label_issues(self, top: int | None = None):
+        """The clean-probability report of the training samples as a pandas DataFrame, most suspicious (lowest
+        label_score = clean probability p) first: index, text, given_label, predicted_label, label_score,
+        is_label_issue (p < 0.5), given_label_id, predicted_label_id."""
+        import pandas as pd
+
+        frame = pd.read_csv(self.folder / "clean_probs.csv", keep_default_na=False)
+        if "clean_prob" in frame:  # runs made before the report took cleanlab's column names
+            frame = frame.rename(columns={"clean_prob": "label_score", "given_label": "given_label_id",
+                                          "predicted_label": "predicted_label_id",
+                                          "given_label_name": "given_label", "predicted_label_name": "predicted_label"})
+            frame.insert(4, "is_label_issue", frame["label_score"] < 0.5)
+        frame["given_label"] = frame["given_label"].astype(str)
+        frame["predicted_label"] = frame["predicted_label"].astype(str)
+        return frame if top is None else frame.head(top)
+
+    def _loaded(self):
+        if self._model is None:
+            from .backbone import load_tokenizer
+            from .peft import load_model
+
+            self._model = load_model(self.folder / "weights", self.config["model"]).eval()
+            self._tokenizer = load_tokenizer(self.config["model"])
+        return self._model, self._tokenizer
+
+
+def load_run(folder: str | Path) -> Run:
+    """The Run of a finished run folder (``clearpeft train --out`` or ``fit(out=...)``)."""
+    return Run(folder)
+
+
+def fit(data: Any, labels: Any = None, *, test: Any = None, text_column: str = "text", label_column: str = "label",
+        out: str | Path = "runs/fit", resume: bool = False, overwrite: bool = False, progress: bool = True,
+        log=print, **options: Any) -> Run:
+    """Train a run (a PEFT method, with CleaR unless ``routing="none"``) and return it.
+
+    ``data``: texts (with ``labels``), a DataFrame or datasets.Dataset (with ``text_column``/``label_column``),
+    or a data set name or file path. ``test``: optional held-out data in the same forms ((texts, labels) for
+    lists); without it an in-memory run has no test metrics. ``options``: TrainConfig fields, e.g. peft="lora",
+    routing="clean", noise="symmetric:0.4", epochs=10. Bad input raises a one-line ``UserError``.
+    """
+    from .train import TrainConfig, train
+
+    known = {f.name for f in fields(TrainConfig)} - {"out", "dataset", "text_column", "label_column"}
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise UserError(f"fit() got unknown option(s) {', '.join(unknown)}: see clearpeft train --help")
+    bundle = None
+    if isinstance(data, (str, Path)):  # a registered name or a local file, as --dataset (and --test-file)
+        if labels is not None:
+            raise UserError("fit(): labels go with a list of texts; a data set name or file brings its own")
+        dataset = str(data)
+        if test is not None:
+            options["test_file"] = str(test)
+    else:
+        bundle = in_memory_bundle(data, labels, test, text_column, label_column)
+        dataset = f"in-memory:{bundle_digest(bundle)}"  # a resume with other data is refused (config differs)
+    cfg = TrainConfig(dataset=dataset, text_column=text_column, label_column=label_column, out=str(out), **options)
+    train(cfg, resume=resume, overwrite=overwrite, progress=progress, log=log, data=bundle)
+    return Run(out)
+
+
+def in_memory_bundle(data: Any, labels: Any, test: Any, text_column: str, label_column: str):
+    """A DataBundle from Python objects, by the label rules of local files (clearpeft.data.from_records)."""
+    from .data import from_records
+
+    texts, raw = _columns(data, labels, text_column, label_column, "data")
+    test_texts = test_labels = None
+    if test is not None:
+        if isinstance(test, tuple) and len(test) == 2:
+            test_texts, test_labels = _columns(test[0], test[1], text_column, label_column, "test")
+        else:
+            test_texts, test_labels = _columns(test, None, text_column, label_column, "test")
+    return from_records(texts, raw, test_texts, test_labels)
+
+
+def bundle_digest(bundle) -> str:
+    h = hashlib.sha256()
+    for split in (bundle.train, bundle.test):
+        if split is not None:
+            h.update(json.dumps([split.texts, split.labels.tolist()]).encode())
+    h.update(json.dumps(bundle.label_names).encode())
+    return h.hexdigest()[:16]
+
+
+def _columns(data: Any, labels: Any, text_column: str, label_column: str, what: str) -> tuple[list[str], list]:
+    if labels is None:
+        if hasattr(data, "column_names") or hasattr(data, "columns"):  # datasets.Dataset, pandas.DataFrame
+            columns = list(data.column_names if hasattr(data, "column_names") else data.columns)
+            for column in (text_column, label_column):
+                if column not in columns:
+                    raise UserError(f"{what} has no column {column!r} (columns: {', '.join(map(str, columns[:20]))})"
+                                    f": pass text_column=/label_column=")
+            return _texts(data[text_column], what), list(data[label_column])
+        raise UserError(f"{what}: give texts and labels, a DataFrame or datasets.Dataset, or a data set name")
+    texts, labels = _texts(data, what), list(labels)
+    if len(texts) != len(labels):
+        raise UserError(f"{what}: {len(texts)} texts but {len(labels)} labels")
+    return texts, labels
+
+
+def _texts(values: Any, what: str) -> list[str]:
+    if isinstance(values, str):
+        raise UserError(f"{what}: give a list of texts, not one string")
+    texts = list(values)
+    bad = next((t for t in texts if not isinstance(t, str)), None)
+    if bad is not None:
+        raise UserError(f"{what}: every text must be a string, found {type(bad).__name__} {bad!r:.40}")
+    return texts
