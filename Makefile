@@ -12,7 +12,7 @@ $(BIN)/clearpeft: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -c constraints.txt torch==2.13.0
-	$(BIN)/pip install --quiet -c constraints.txt -e ".[test]"
+	$(BIN)/pip install --quiet -c constraints.txt -e ".[test,compare]"
 	touch $(BIN)/clearpeft
 
 setup: $(BIN)/clearpeft

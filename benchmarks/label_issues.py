@@ -1,0 +1,169 @@
+"""How well clearpeft's label-issue report finds the corrupted training labels, against cleanlab (issue 20).
+
+    pip install -e ".[compare]"                                          # cleanlab: only for this benchmark
+    clearpeft grid experiments/label_issues.yaml --out runs/label_issues  # plain and CleaR LoRA, 7 settings
+    python benchmarks/label_issues.py runs/label_issues                  # -> results/label_issues.csv
+
+Ground truth is each run's noisy_labels.csv (label != noisy_label). Detectors, all on the same noisy labels:
+  clearpeft-clear / clearpeft-plain   label_score (p) of the CleaR-LoRA / plain LoRA run; flagged: p < 0.5
+  cleanlab-cv-*                       out-of-fold pred_probs of 5-fold cross-validated logistic regression on
+                                      frozen default-backbone embeddings (cleanlab's standard recipe); flagged:
+                                      cleanlab.filter.find_label_issues (default filter_by); ranked by
+                                      get_label_quality_scores (self_confidence, normalized_margin). The
+                                      find_label_issues row is a flag only: its ranking metrics stay empty.
+  cleanlab-on-clearpeft               cleanlab fed the CleaR run's final-model probabilities (in-sample):
+                                      ranked by self_confidence, flagged by find_label_issues
+Metrics as cleanlab's label-error benchmarks report them: AUROC and AUPRC of the ranking (corrupted = positive),
+Lift@num_errors (share corrupted among the num_errors most suspicious, over the base rate), precision / recall /
+F1 of the flagged set, how many flagged against how many corrupted. Settings whose runs have not finished yet
+get only the cleanlab-cv rows (their noisy labels are rebuilt from the grid file, exactly as the runs draw them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+GRID = ROOT / "experiments" / "label_issues.yaml"
+COLUMNS = ["dataset", "noise", "detector", "auroc", "auprc", "lift_at_num_errors", "precision", "recall", "f1",
+           "flagged", "corrupted"]
+
+
+def detection_metrics(suspicion: np.ndarray | None, flagged: np.ndarray, corrupted: np.ndarray) -> dict:
+    """Ranking metrics of ``suspicion`` (higher = more likely corrupted; None: a flag-only detector) and
+    precision / recall / F1 of the boolean ``flagged``, against the boolean ``corrupted``."""
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
+    corrupted, flagged = np.asarray(corrupted, bool), np.asarray(flagged, bool)
+    errors, hits = int(corrupted.sum()), int((flagged & corrupted).sum())
+    out = dict.fromkeys(("auroc", "auprc", "lift_at_num_errors"), math.nan)
+    if suspicion is not None and 0 < errors < len(corrupted):
+        top = np.argsort(-np.asarray(suspicion), kind="stable")[:errors]
+        out.update(auroc=float(roc_auc_score(corrupted, suspicion)),
+                   auprc=float(average_precision_score(corrupted, suspicion)),
+                   lift_at_num_errors=float(corrupted[top].mean() / corrupted.mean()))
+    precision = hits / int(flagged.sum()) if flagged.any() else math.nan
+    recall = hits / errors if errors else math.nan
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall > 0 else math.nan
+    out.update(precision=precision, recall=recall, f1=f1, flagged=int(flagged.sum()), corrupted=errors)
+    return out
+
+
+def cross_validated_probs(features: np.ndarray, labels: np.ndarray, num_classes: int, folds: int = 5,
+                          seed: int = 0) -> np.ndarray:
+    """Out-of-fold predicted probabilities [n, K] of a standardized logistic regression (cleanlab's recipe)."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedKFold, cross_val_predict
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
+    present = np.unique(labels)
+    probs = cross_val_predict(model, features, labels, method="predict_proba",
+                              cv=StratifiedKFold(folds, shuffle=True, random_state=seed))
+    full = np.zeros((len(labels), num_classes))
+    full[:, present] = probs  # a class nobody carries as its noisy label gets probability 0
+    return full
+
+
+def cleanlab_rows(pred_probs: np.ndarray, labels: np.ndarray, corrupted: np.ndarray, prefix: str,
+                  methods=("self_confidence", "normalized_margin")) -> dict[str, dict]:
+    from cleanlab.filter import find_label_issues
+    from cleanlab.rank import get_label_quality_scores
+
+    flagged = find_label_issues(labels, pred_probs)
+    rows = {f"{prefix}-find_label_issues": detection_metrics(None, flagged, corrupted)} if len(methods) > 1 else {}
+    for method in methods:
+        quality = get_label_quality_scores(labels, pred_probs, method=method)
+        name = f"{prefix}-{method}" if len(methods) > 1 else prefix
+        rows[name] = detection_metrics(1.0 - quality, flagged, corrupted)
+    return rows
+
+
+def finished_runs(runs_dir: Path) -> dict[tuple[str, str, str], Path]:
+    """(dataset, noise, routing) -> folder of every finished LoRA run of seed 0 under ``runs_dir``."""
+    import json
+
+    found = {}
+    for summary in sorted(runs_dir.rglob("summary.json")):
+        config = json.loads((summary.parent / "config.json").read_text())
+        if config["peft"] == "lora" and config["seed"] == 0 and config["reg_weight"] in (0.0, 1.0):
+            found[(config["dataset"], config["noise"], config["routing"])] = summary.parent
+    return found
+
+
+def noisy_training_set(cfg) -> tuple[list[str], np.ndarray, np.ndarray, int]:
+    """(texts, true labels, noisy labels, K) of a grid cell, drawn exactly as its run draws them."""
+    from clearpeft.backbone import load_tokenizer
+    from clearpeft.train import prepare_data
+
+    data = prepare_data(cfg, load_tokenizer(cfg.model))
+    return data.texts, data.bundle.train.labels, data.noisy.noisy, data.bundle.num_labels
+
+
+def benchmark_setting(cfg, runs: dict) -> dict[str, dict]:
+    from clearpeft import load_run
+    from clearpeft.backbone import embed_texts
+
+    texts, true, noisy, num_classes = noisy_training_set(cfg)
+    corrupted = true != noisy
+    rows = {}
+    for routing, name in (("clean", "clearpeft-clear"), ("none", "clearpeft-plain")):
+        folder = runs.get((cfg.dataset, cfg.noise, routing))
+        if folder is None:
+            continue
+        with open(folder / "noisy_labels.csv", newline="") as handle:
+            saved = np.array([int(r["noisy_label"]) for r in csv.DictReader(handle)])
+        if not np.array_equal(saved, noisy):
+            raise SystemExit(f"{folder}: its noisy labels are not the grid file's: was it run with other settings?")
+        issues = load_run(folder).label_issues().sort_values("index")
+        rows[name] = detection_metrics(1.0 - issues["label_score"].to_numpy(), issues["is_label_issue"].to_numpy(),
+                                       corrupted)
+        if routing == "clean":
+            in_sample = load_run(folder).predict_proba(texts)
+            rows.update(cleanlab_rows(in_sample, noisy, corrupted, "cleanlab-on-clearpeft", ("self_confidence",)))
+    features = embed_texts(texts)
+    rows.update(cleanlab_rows(cross_validated_probs(features, noisy, num_classes), noisy, corrupted, "cleanlab-cv"))
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("runs_dir", nargs="?", default="runs/label_issues", type=Path)
+    parser.add_argument("--out", default=ROOT / "results" / "label_issues.csv", type=Path)
+    args = parser.parse_args()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from clearpeft.study.grid import load_grid
+
+    runs = finished_runs(args.runs_dir) if args.runs_dir.exists() else {}
+    settings = {}
+    for planned in load_grid(GRID):  # one config per (dataset, noise): the plain cell's
+        settings.setdefault((planned.config.dataset, planned.config.noise), planned.config)
+    lines = []
+    for (dataset, noise), cfg in settings.items():
+        for detector, m in benchmark_setting(cfg, runs).items():
+            lines.append({"dataset": dataset, "noise": noise, "detector": detector, **m})
+            print(f"{dataset:<10} {noise:<15} {detector:<36} " + "  ".join(
+                f"{k} {m[k]:.3f}" for k in ("auroc", "auprc", "lift_at_num_errors", "precision", "recall", "f1"))
+                + f"  flagged {m['flagged']} of {m['corrupted']}", flush=True)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = args.out.with_suffix(".tmp")
+    with open(tmp, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, COLUMNS)
+        writer.writeheader()
+        for line in lines:
+            writer.writerow({k: (f"{v:.4f}" if isinstance(v, float) and not math.isnan(v) else
+                                 ("" if isinstance(v, float) else v)) for k, v in line.items()})
+    os.replace(tmp, args.out)
+    print(f"wrote {args.out} ({len(lines)} rows)", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
