@@ -32,6 +32,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 GRID = ROOT / "experiments" / "label_issues.yaml"
+DETECTORS = ("clearpeft-clear", "clearpeft-plain", "cleanlab-cv-find_label_issues", "cleanlab-cv-self_confidence",
+             "cleanlab-cv-normalized_margin", "cleanlab-on-clearpeft")
 COLUMNS = ["dataset", "noise", "detector", "auroc", "auprc", "lift_at_num_errors", "precision", "recall", "f1",
            "flagged", "corrupted"]
 
@@ -108,6 +110,34 @@ def noisy_training_set(cfg) -> tuple[list[str], np.ndarray, np.ndarray, int]:
     return data.texts, data.bundle.train.labels, data.noisy.noisy, data.bundle.num_labels
 
 
+def rewrite_old_report(folder: Path) -> None:
+    """Rewrite a report of an older format (p to 6 decimals, which tied hundreds of samples at 0; ranked by p)
+    the way a run writes it now: the final model over the training set, every module on, the same GMM."""
+    import json
+
+    from accelerate import Accelerator
+
+    from clearpeft import runs
+    from clearpeft.backbone import load_tokenizer
+    from clearpeft.peft import load_model
+    from clearpeft.routing import CleanProbability
+    from clearpeft.train import TrainConfig, clean_probs_csv, prepare_data, routed_logits
+
+    with open(folder / "clean_probs.csv", newline="") as handle:
+        if tuple(next(csv.reader(handle))) == runs.LABEL_ISSUE_COLUMNS:
+            return
+    config = json.loads((folder / "config.json").read_text())
+    cfg = TrainConfig(**{k: v for k, v in config.items() if k in TrainConfig.field_names()})
+    data = prepare_data(cfg, load_tokenizer(cfg.model))
+    core = load_model(folder / "weights", cfg.model)
+    accelerator = Accelerator(cpu=True, mixed_precision="bf16" if cfg.bf16 else "no")  # as the run's own pass
+    logits, losses = routed_logits(core, data.train, cfg.eval_batch_size, data.pad_id, 1, lambda i, k: None,
+                                   accelerator)
+    p = CleanProbability(seed=cfg.seed).fit(losses)
+    runs.atomic_write_text(folder / "clean_probs.csv", clean_probs_csv(data, p, logits))
+    print(f"rewrote {folder / 'clean_probs.csv'} in the current format", file=sys.stderr)
+
+
 def benchmark_setting(cfg, runs: dict) -> dict[str, dict]:
     from clearpeft import load_run
     from clearpeft.backbone import embed_texts
@@ -123,9 +153,12 @@ def benchmark_setting(cfg, runs: dict) -> dict[str, dict]:
             saved = np.array([int(r["noisy_label"]) for r in csv.DictReader(handle)])
         if not np.array_equal(saved, noisy):
             raise SystemExit(f"{folder}: its noisy labels are not the grid file's: was it run with other settings?")
+        rewrite_old_report(folder)
         issues = load_run(folder).label_issues().sort_values("index")
-        rows[name] = detection_metrics(1.0 - issues["label_score"].to_numpy(), issues["is_label_issue"].to_numpy(),
-                                       corrupted)
+        flags = issues["is_label_issue"].to_numpy()
+        rows[name] = detection_metrics(1.0 - issues["label_score"].to_numpy(), flags, corrupted)
+        # the ranking the report had before: by p itself (candidates file)
+        rows[f"{name}-rank-by-p"] = detection_metrics(1.0 - issues["clean_prob"].to_numpy(), flags, corrupted)
         if routing == "clean":
             in_sample = load_run(folder).predict_proba(texts)
             rows.update(cleanlab_rows(in_sample, noisy, corrupted, "cleanlab-on-clearpeft", ("self_confidence",)))
@@ -137,7 +170,8 @@ def benchmark_setting(cfg, runs: dict) -> dict[str, dict]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs_dir", nargs="?", default="runs/label_issues", type=Path)
-    parser.add_argument("--out", default=ROOT / "results" / "label_issues.csv", type=Path)
+    parser.add_argument("--out", default=ROOT / "results" / "label_issues.csv", type=Path,
+                        help="the detectors of issue 20; the other rows go to <out stem>_candidates.csv")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from clearpeft.study.grid import load_grid
@@ -154,15 +188,21 @@ def main() -> None:
                 f"{k} {m[k]:.3f}" for k in ("auroc", "auprc", "lift_at_num_errors", "precision", "recall", "f1"))
                 + f"  flagged {m['flagged']} of {m['corrupted']}", flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_suffix(".tmp")
+    main_rows = [line for line in lines if line["detector"] in DETECTORS]
+    write_csv(args.out, main_rows)
+    write_csv(args.out.with_name(args.out.stem + "_candidates.csv"), [x for x in lines if x not in main_rows])
+    print(f"wrote {args.out} ({len(main_rows)} rows) and its candidates file", file=sys.stderr)
+
+
+def write_csv(path: Path, lines: list[dict]) -> None:
+    tmp = path.with_suffix(".tmp")
     with open(tmp, "w", newline="") as handle:
         writer = csv.DictWriter(handle, COLUMNS)
         writer.writeheader()
         for line in lines:
             writer.writerow({k: (f"{v:.4f}" if isinstance(v, float) and not math.isnan(v) else
                                  ("" if isinstance(v, float) else v)) for k, v in line.items()})
-    os.replace(tmp, args.out)
-    print(f"wrote {args.out} ({len(lines)} rows)", file=sys.stderr)
+    os.replace(tmp, path)
 
 
 if __name__ == "__main__":

@@ -67,7 +67,11 @@ def test_fit_predict_label_issues_and_load_run(sst5_frames, tmp_path):
     assert list(issues.columns[:6]) == ["index", "text", "given_label", "predicted_label", "label_score",
                                         "is_label_issue"]
     assert len(issues) == 192 and issues["label_score"].is_monotonic_increasing
-    assert (issues["is_label_issue"] == (issues["label_score"] < 0.5)).all()
+    assert (issues["is_label_issue"] == (issues["clean_prob"] < 0.5)).all()
+    # label_score is the final model's probability of the given label: the same as predict_proba on the text
+    first = issues.iloc[0]
+    own = run.predict_proba([first["text"]])[0][first["given_label_id"]]
+    assert first["label_score"] == pytest.approx(own, abs=2e-3)  # batch padding moves the last digits
     assert set(issues["given_label"]) <= set(names) and list(run.label_issues(top=5)["index"]) == list(issues["index"][:5])
     # The noisy labels it reviews are the ones the run trained on (noisy_labels.csv), not the clean input.
     import pandas as pd

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from clearpeft.peft import training_defaults
-from clearpeft.train import DYNAMICS_FIELDS, FIT_FIELDS, LABEL_ISSUE_COLUMNS, TIMING_FIELDS, TrainConfig, train
+from clearpeft.runs import LABEL_ISSUE_COLUMNS
+from clearpeft.train import DYNAMICS_FIELDS, FIT_FIELDS, TIMING_FIELDS, TrainConfig, train
 
 pytestmark = pytest.mark.slow
 
@@ -68,7 +69,8 @@ def test_run_folder_files_and_fields(lora_run):
     assert len(probs) == 192 and tuple(probs[0]) == LABEL_ISSUE_COLUMNS
     values = [float(r["label_score"]) for r in probs]
     assert values == sorted(values) and 0.0 <= values[0] <= values[-1] <= 1.0
-    assert all((r["is_label_issue"] == "True") == (float(r["label_score"]) < 0.5) for r in probs)
+    assert all((r["is_label_issue"] == "True") == (float(r["clean_prob"]) < 0.5) for r in probs)
+    assert 0 < sum(r["is_label_issue"] == "True" for r in probs) < 192
     names = json.loads((run / "config.json").read_text())["label_names"]
     assert names[0] == "very negative" and all(names[int(r["given_label_id"])] == r["given_label"] for r in probs)
     config = json.loads((run / "config.json").read_text())
@@ -123,6 +125,16 @@ def test_cli_train_and_predict(tmp_path):
     rows = json.loads(pred.stdout)
     assert len(rows) == 2 and all(abs(sum(r["probabilities"]) - 1) < 1e-4 for r in rows)
     assert rows[0]["label_name"] in json.loads((out / "config.json").read_text())["label_names"]
+    issues = subprocess.run([sys.executable, "-m", "clearpeft", "label-issues", str(out), "--top", "5"],
+                            capture_output=True, text=True, timeout=300)
+    assert issues.returncode == 0, issues.stderr[-2000:]
+    lines = issues.stdout.splitlines()
+    with open(out / "clean_probs.csv") as handle:
+        report = list(csv.DictReader(handle))[:5]
+    assert len(lines) == 6 and lines[0].split()[:3] == ["score", "given", "label"]
+    for line, row in zip(lines[1:], report):  # the five most suspicious, in order: score, given label name, text
+        assert line.split()[0] == f"{float(row['label_score']):.3f}" and row["given_label"] in line
+        assert row["text"][:60] in line
 
 
 def test_yaml_config_with_flag_override(tmp_path):

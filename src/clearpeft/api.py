@@ -73,17 +73,20 @@ class Run:
         return [self.label_names[k] for k in self.predict_proba(texts).argmax(-1)]
 
     def label_issues(self, top: int | None = None):
-        """The clean-probability report of the training samples as a pandas DataFrame, most suspicious (lowest
-        label_score = clean probability p) first: index, text, given_label, predicted_label, label_score,
-        is_label_issue (p < 0.5), given_label_id, predicted_label_id."""
+        """The label-issue report of the training samples as a pandas DataFrame, most suspicious first: index,
+        text, given_label, predicted_label, label_score (the final model's probability of the given label: the
+        ranking), is_label_issue (clean probability p < 0.5: the flag), clean_prob (p), and the label ids."""
         import pandas as pd
 
         frame = pd.read_csv(self.folder / "clean_probs.csv", keep_default_na=False)
-        if "clean_prob" in frame:  # runs made before the report took cleanlab's column names
-            frame = frame.rename(columns={"clean_prob": "label_score", "given_label": "given_label_id",
-                                          "predicted_label": "predicted_label_id",
+        if "given_label_name" in frame:  # reports of runs made before 2026-11-26 (ids, names, p only)
+            frame = frame.rename(columns={"given_label": "given_label_id", "predicted_label": "predicted_label_id",
                                           "given_label_name": "given_label", "predicted_label_name": "predicted_label"})
-            frame.insert(4, "is_label_issue", frame["label_score"] < 0.5)
+            frame["label_score"] = frame["clean_prob"]
+        if "clean_prob" not in frame:  # reports of that day that ranked by p
+            frame["clean_prob"] = frame["label_score"]
+        frame["is_label_issue"] = frame["clean_prob"] < 0.5
+        frame = frame[list(runs.LABEL_ISSUE_COLUMNS)]
         frame["given_label"] = frame["given_label"].astype(str)
         frame["predicted_label"] = frame["predicted_label"].astype(str)
         return frame if top is None else frame.head(top)

@@ -17,6 +17,9 @@ CONFIG = "config.json"
 METRICS = "metrics.jsonl"
 SUMMARY = "summary.json"
 CHECKPOINTS = "checkpoints"
+# clean_probs.csv, the label-issue report (train.clean_probs_csv; cleanlab's names where they mean the same)
+LABEL_ISSUE_COLUMNS = ("index", "text", "given_label", "predicted_label", "label_score", "is_label_issue",
+                       "clean_prob", "given_label_id", "predicted_label_id")
 # Fields that may differ between a run and its resumption without making it a different run.
 NON_IDENTITY = {"out", "resume", "overwrite", "progress", "json", "config", "realized_noise_rate", "label_names",
                 "versions"}

@@ -40,9 +40,6 @@ DYNAMICS_FIELDS = ("clean_learning", "noisy_memorization", "noisy_correction", "
                    "detect_auc")
 # What each epoch's clean-probability fit says about the noise (routing.CleanProbability.fit_stats).
 FIT_FIELDS = ("estimated_noise_rate", "flagged_rate", "loss_separation", "bic_gain", "noisy_component_loss")
-# clean_probs.csv, the label-issue report (cleanlab's names where they mean the same).
-LABEL_ISSUE_COLUMNS = ("index", "text", "given_label", "predicted_label", "label_score", "is_label_issue",
-                       "given_label_id", "predicted_label_id")
 
 
 def option(default, help: str, choices: tuple | None = None, per_method: bool = False):
@@ -502,7 +499,7 @@ def finish(s: Session, history: list[dict], train_seconds: float) -> dict:
     summary = summarize(cfg, data, history, s.core, train_seconds)
     if s.accelerator.is_main_process:
         final_p = CleanProbability(seed=cfg.seed).fit(final_losses)
-        s.folder.finish(s.core, summary, clean_probs_csv(data, final_p, final_logits.argmax(-1)))
+        s.folder.finish(s.core, summary, clean_probs_csv(data, final_p, final_logits))
     s.folder.status(cfg.epochs - 1, "done")
     return summary
 
@@ -574,17 +571,25 @@ def summarize(cfg: TrainConfig, data: Prepared, history: list[dict], core, train
     return summary
 
 
-def clean_probs_csv(data: Prepared, p: np.ndarray, predictions: np.ndarray) -> str:
-    """Training samples, most suspicious (lowest clean probability p) first: the label errors to review.
-    Columns named as cleanlab's where they mean the same: label_score is p, is_label_issue is p < 0.5;
-    given_label and predicted_label are label names (the ids beside them)."""
-    names = data.bundle.label_names
+def clean_probs_csv(data: Prepared, p: np.ndarray, logits: np.ndarray) -> str:
+    """The label-issue report: training samples, most suspicious first, by the final model (every module on).
+    Columns named as cleanlab's where they mean the same: label_score is the model's probability of the given
+    label (cleanlab's self-confidence; the ranking), is_label_issue is p < 0.5 (the flag), clean_prob is p;
+    given_label and predicted_label are label names (the ids beside them). The ranking is by label_score, not
+    p: p is a function of the same loss through a 2-component GMM, which reorders and ties samples (with
+    unequal variances it is not monotone in the loss) and ranked the corrupted labels worse on every setting
+    of benchmarks/label_issues.py measured so far."""
+    names, given = data.bundle.label_names, data.noisy.noisy
+    shifted = logits - logits.max(-1, keepdims=True)
+    probs = np.exp(shifted) / np.exp(shifted).sum(-1, keepdims=True)
+    score = probs[np.arange(len(given)), given]
     buf = io.StringIO()
     writer = csv.writer(buf)
-    writer.writerow(LABEL_ISSUE_COLUMNS)
-    for i in np.argsort(p, kind="stable"):
-        z, y_hat = int(data.noisy.noisy[i]), int(predictions[i])
-        writer.writerow([int(i), data.texts[i], names[z], names[y_hat], f"{p[i]:.6f}", bool(p[i] < 0.5), z, y_hat])
+    writer.writerow(runs.LABEL_ISSUE_COLUMNS)
+    for i in np.argsort(score, kind="stable"):
+        z, y_hat = int(given[i]), int(logits[i].argmax())
+        writer.writerow([int(i), data.texts[i], names[z], names[y_hat], repr(float(score[i])), bool(p[i] < 0.5),
+                         repr(float(p[i])), z, y_hat])
     return buf.getvalue()
 
 
