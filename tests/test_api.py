@@ -83,11 +83,14 @@ def test_fit_on_a_datasets_dataset_without_test_data(sst5_frames, tmp_path):
     as_dataset = in_memory_bundle(datasets.Dataset.from_pandas(train), None, datasets.Dataset.from_pandas(test),
                                   "text", "label")
     assert bundle_digest(as_dataset) == bundle_digest(as_frame)
-    run = clearpeft.fit(datasets.Dataset.from_pandas(train), out=tmp_path / "dataset",
-                        **fast(epochs=1, max_train_samples=96))
+    run = clearpeft.fit(datasets.Dataset.from_pandas(train), out=tmp_path / "dataset", **fast(epochs=1))
     assert run.label_names == sorted(set(train["label"]))
     assert run.summary["peak_acc"] is None and run.history[0]["test_acc"] is None  # nothing to test on
-    assert len(run.label_issues()) == 96 and run.predict(["fine"])[0] in run.label_names
+    issues = run.label_issues()
+    assert len(issues) == 192 and run.predict(["fine"])[0] in run.label_names
+    again = clearpeft.load_run(tmp_path / "dataset")
+    assert again.label_issues().equals(issues) and again.predict(list(issues["text"][:3])) == \
+        run.predict(list(issues["text"][:3]))
 
 
 def test_integer_labels_keep_numeric_order():
