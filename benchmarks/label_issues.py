@@ -138,6 +138,29 @@ def rewrite_old_report(folder: Path) -> None:
     print(f"rewrote {folder / 'clean_probs.csv'} in the current format", file=sys.stderr)
 
 
+def cached_setting(cfg, runs: dict, cache_dir: Path) -> dict[str, dict]:
+    """benchmark_setting, kept in ``cache_dir`` per setting until one of its runs changes (a grid still running
+    adds runs: the benchmark is started again and redoes only the settings that gained one). The key is the
+    runs, not this file: delete the cache folder after changing how a detector is scored."""
+    import hashlib
+    import json
+
+    from clearpeft.runs import atomic_write_json
+
+    used = {r: runs[(cfg.dataset, cfg.noise, r)] for r in ("clean", "none") if (cfg.dataset, cfg.noise, r) in runs}
+    key = {r: hashlib.sha256((f / "summary.json").read_bytes()).hexdigest() for r, f in used.items()}
+    path = cache_dir / f"{cfg.dataset}-{cfg.noise.replace(':', '-')}.json"
+    if path.exists():
+        cached = json.loads(path.read_text())
+        if cached["key"] == key:
+            return {k: {m: (math.nan if v is None else v) for m, v in row.items()} for k, row in cached["rows"].items()}
+    rows = benchmark_setting(cfg, runs)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(path, {"key": key, "rows": {k: {m: (None if isinstance(v, float) and math.isnan(v) else v)
+                                                       for m, v in row.items()} for k, row in rows.items()}})
+    return rows
+
+
 def benchmark_setting(cfg, runs: dict) -> dict[str, dict]:
     from clearpeft import load_run
     from clearpeft.backbone import embed_texts
@@ -157,8 +180,13 @@ def benchmark_setting(cfg, runs: dict) -> dict[str, dict]:
         issues = load_run(folder).label_issues().sort_values("index")
         flags = issues["is_label_issue"].to_numpy()
         rows[name] = detection_metrics(1.0 - issues["label_score"].to_numpy(), flags, corrupted)
-        # the ranking the report had before: by p itself (candidates file)
-        rows[f"{name}-rank-by-p"] = detection_metrics(1.0 - issues["clean_prob"].to_numpy(), flags, corrupted)
+        # candidates file: the ranking the report had before (by p itself), and a flag of the n·ρ̂ most suspicious
+        # (ρ̂ = mean of 1 − p, the estimated noise rate) instead of p < 0.5
+        p, score = issues["clean_prob"].to_numpy(), issues["label_score"].to_numpy()
+        rows[f"{name}-rank-by-p"] = detection_metrics(1.0 - p, flags, corrupted)
+        top = np.zeros(len(p), bool)
+        top[np.argsort(score, kind="stable")[:int(round(len(p) * np.mean(1.0 - p)))]] = True
+        rows[f"{name}-flag-top-n-rho"] = detection_metrics(1.0 - score, top, corrupted)
         if routing == "clean":
             in_sample = load_run(folder).predict_proba(texts)
             rows.update(cleanlab_rows(in_sample, noisy, corrupted, "cleanlab-on-clearpeft", ("self_confidence",)))
@@ -172,6 +200,8 @@ def main() -> None:
     parser.add_argument("runs_dir", nargs="?", default="runs/label_issues", type=Path)
     parser.add_argument("--out", default=ROOT / "results" / "label_issues.csv", type=Path,
                         help="the detectors of issue 20; the other rows go to <out stem>_candidates.csv")
+    parser.add_argument("--only", help="settings whose noise is this, e.g. symmetric:0.2 (a quick look; the CSVs "
+                                           "are written for them only)")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from clearpeft.study.grid import load_grid
@@ -182,7 +212,9 @@ def main() -> None:
         settings.setdefault((planned.config.dataset, planned.config.noise), planned.config)
     lines = []
     for (dataset, noise), cfg in settings.items():
-        for detector, m in benchmark_setting(cfg, runs).items():
+        if args.only and noise != args.only:
+            continue
+        for detector, m in cached_setting(cfg, runs, args.runs_dir / "label_issues_cache").items():
             lines.append({"dataset": dataset, "noise": noise, "detector": detector, **m})
             print(f"{dataset:<10} {noise:<15} {detector:<36} " + "  ".join(
                 f"{k} {m[k]:.3f}" for k in ("auroc", "auprc", "lift_at_num_errors", "precision", "recall", "f1"))
@@ -192,6 +224,32 @@ def main() -> None:
     write_csv(args.out, main_rows)
     write_csv(args.out.with_name(args.out.stem + "_candidates.csv"), [x for x in lines if x not in main_rows])
     print(f"wrote {args.out} ({len(main_rows)} rows) and its candidates file", file=sys.stderr)
+    print(markdown(lines))
+
+
+def markdown(lines: list[dict]) -> str:
+    """The two tables of benchmarks/README.md: AUPRC of every ranking, and the flagged sets."""
+    by = {(x["dataset"], x["noise"], x["detector"]): x for x in lines}
+    settings = list(dict.fromkeys((x["dataset"], x["noise"]) for x in lines))
+    rankers = ["clearpeft-clear", "clearpeft-plain", "cleanlab-cv-self_confidence", "cleanlab-cv-normalized_margin",
+               "cleanlab-on-clearpeft", "clearpeft-clear-rank-by-p"]
+    flaggers = ["clearpeft-clear", "clearpeft-plain", "cleanlab-cv-find_label_issues", "cleanlab-on-clearpeft"]
+
+    def cell(key, metric):
+        row = by.get(key)
+        return "–" if row is None or math.isnan(row[metric]) else f"{row[metric]:.3f}"
+
+    out = ["| data set | noise | " + " | ".join(rankers) + " |", "|---|---|" + "---|" * len(rankers)]
+    for d, n in settings:
+        out.append(f"| {d} | {n} | " + " | ".join(cell((d, n, r), "auprc") for r in rankers) + " |")
+    out += ["", "| data set | noise | corrupted | " + " | ".join(f"{f} P / R / flagged" for f in flaggers) + " |",
+            "|---|---|---|" + "---|" * len(flaggers)]
+    for d, n in settings:
+        corrupted = by[(d, n, "cleanlab-cv-find_label_issues")]["corrupted"]
+        parts = [f"{cell((d, n, f), 'precision')} / {cell((d, n, f), 'recall')} / {by[(d, n, f)]['flagged']}"
+                 if (d, n, f) in by else "–" for f in flaggers]
+        out.append(f"| {d} | {n} | {corrupted} | " + " | ".join(parts) + " |")
+    return "\n".join(out)
 
 
 def write_csv(path: Path, lines: list[dict]) -> None:
