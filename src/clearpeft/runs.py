@@ -215,6 +215,7 @@ class RunFolder:
         return None
 
     def finish(self, core, summary: dict, clean_probs_csv: str) -> None:
+        """Called by every process; the main one writes (``clean_probs_csv`` is only needed there)."""
         if self.main:
             core.save_trained(self.out / "weights")
             atomic_write_text(self.out / "clean_probs.csv", clean_probs_csv)

@@ -497,9 +497,9 @@ def finish(s: Session, history: list[dict], train_seconds: float) -> dict:
     final_logits, final_losses = routed_logits(s.core, data.train, cfg.eval_batch_size, data.pad_id, 1,
                                                lambda i, k: None, s.accelerator)
     summary = summarize(cfg, data, history, s.core, train_seconds)
-    if s.accelerator.is_main_process:
-        final_p = CleanProbability(seed=cfg.seed).fit(final_losses)
-        s.folder.finish(s.core, summary, clean_probs_csv(data, final_p, final_logits))
+    report = clean_probs_csv(data, CleanProbability(seed=cfg.seed).fit(final_losses), final_logits) \
+        if s.accelerator.is_main_process else ""
+    s.folder.finish(s.core, summary, report)  # every process: it ends on a barrier, so all may read the run
     s.folder.status(cfg.epochs - 1, "done")
     return summary
 
