@@ -109,7 +109,8 @@ def test_guard_stands_down_on_unimodal_long_tailed_losses(shape):
     fits, not on all. Seed 0 gives 1.82-1.91; the clean cpu.yaml runs gave 1.75-1.99 (README, clean-auto)."""
     est = CleanProbability(seed=0)
     est.fit(UNIMODAL[shape](np.random.default_rng(0), 4000))
-    assert est.fit_stats["loss_separation"] < SEPARATION_THRESHOLD and not est.separated()
+    assert est.fit_stats["loss_separation"] < SEPARATION_THRESHOLD and not est.shows_label_noise()
+    assert est.fit_stats["estimated_noise_rate"] == 0.0 and 0.05 < est.fit_stats["high_loss_weight"] < 0.3
 
 
 @pytest.mark.parametrize("rate", [0.1, 0.4, 0.6])
@@ -119,17 +120,35 @@ def test_guard_routes_on_bimodal_losses_and_estimates_the_noise_rate(rate, noisy
     n_noisy = int(rate * 4000)
     noisy = 2.0 + rng.gamma(2.0, 0.3, n_noisy) if noisy_mode == "gamma" else rng.normal(3.0, 0.8, n_noisy).clip(0)
     losses = np.concatenate([rng.exponential(0.3, 4000 - n_noisy), noisy])
-    est = CleanProbability(seed=0)
+    est = CleanProbability(seed=0, chance_loss=np.log(5))  # the wrong labels' mode (mean 2.6-3.0) is above log 5
     p = est.fit(losses)
-    assert est.separated() and est.fit_stats["loss_separation"] > SEPARATION_THRESHOLD
+    assert est.shows_label_noise() and est.fit_stats["loss_separation"] > SEPARATION_THRESHOLD
     # mean(1 - p) is the high-loss component's weight; the tail of the clean mode adds up to 0.05 to it
     assert 0.0 <= est.fit_stats["estimated_noise_rate"] - rate <= 0.05
-    assert est.fit_stats["estimated_noise_rate"] == pytest.approx(np.mean(1 - p))
+    assert est.fit_stats["estimated_noise_rate"] == est.fit_stats["high_loss_weight"] == pytest.approx(np.mean(1 - p))
     assert abs(est.fit_stats["flagged_rate"] - rate) <= 0.05
+
+
+@pytest.mark.parametrize("rate", [0.1, 0.4, 0.6])
+def test_guard_stands_down_on_a_separate_mode_below_chance_level(rate):
+    """A slow learner on 77 classes (BANKING77 Adapter and BitFit on cpu.yaml): the samples it has not learnt
+    yet form a mode of their own (D > 2) at a mean loss of about 3.2, below log 77 = 4.34: their labels already
+    get more than 1/77. The same losses with wrong labels above chance level route."""
+    rng = np.random.default_rng(3)
+    n_slow = int(rate * 4000)
+    losses = np.concatenate([rng.exponential(0.3, 4000 - n_slow), rng.normal(3.2, 0.5, n_slow).clip(0)])
+    est = CleanProbability(seed=0, chance_loss=np.log(77))
+    est.fit(losses)
+    assert est.fit_stats["loss_separation"] > SEPARATION_THRESHOLD and est.fit_stats["noisy_component_loss"] < np.log(77)
+    assert not est.shows_label_noise() and est.fit_stats["estimated_noise_rate"] == 0.0
+    assert abs(est.fit_stats["high_loss_weight"] - rate) <= 0.05
+    wrong = CleanProbability(seed=0, chance_loss=np.log(77))
+    wrong.fit(losses + np.where(losses > 1.6, 2.0, 0.0))  # the same mode moved above chance level: wrong labels
+    assert wrong.shows_label_noise() and abs(wrong.fit_stats["estimated_noise_rate"] - rate) <= 0.05
 
 
 def test_fallback_fit_reports_no_noise_and_no_separation():
     est = CleanProbability(seed=0)
     with pytest.warns(RuntimeWarning):
         est.fit(np.full(50, 0.7))
-    assert est.fit_stats["estimated_noise_rate"] == 0.0 and not est.separated()
+    assert est.fit_stats["estimated_noise_rate"] == 0.0 and not est.shows_label_noise()

@@ -69,7 +69,7 @@ def test_run_folder_files_and_fields(lora_run):
     assert len(probs) == 192 and tuple(probs[0]) == LABEL_ISSUE_COLUMNS
     values = [float(r["label_score"]) for r in probs]
     assert values == sorted(values) and 0.0 <= values[0] <= values[-1] <= 1.0
-    assert all((r["is_label_issue"] == "True") == (float(r["clean_prob"]) < 0.5) for r in probs)
+    assert all(r["is_label_issue"] == "True" for r in probs if float(r["clean_prob"]) < 0.5)  # p < 0.5 or more
     assert 0 < sum(r["is_label_issue"] == "True" for r in probs) < 192
     names = json.loads((run / "config.json").read_text())["label_names"]
     assert names[0] == "very negative" and all(names[int(r["given_label_id"])] == r["given_label"] for r in probs)
@@ -266,13 +266,15 @@ def test_clean_auto_is_plain_peft_until_the_losses_show_a_noisy_mode(tmp_path):
     the fit's statistics and the decision for the next epoch."""
     from clearpeft.routing import SEPARATION_THRESHOLD
 
+    chance = math.log(5)
     fast = dict(epochs=2, max_train_samples=128, max_eval_samples=64, eval_passes=0)  # the decision after epoch 1
     train(small(tmp_path, "auto", routing="clean-auto", **fast), progress=False, log=lambda m: None)
     train(small(tmp_path, "plain", routing="none", reg_weight=0.0, **fast), progress=False, log=lambda m: None)
     auto, plain = metrics(tmp_path / "auto"), metrics(tmp_path / "plain")
     for row in auto:
-        assert 0.0 <= row["estimated_noise_rate"] <= 1.0 and 0.0 <= row["flagged_rate"] <= 1.0
-        assert row["routing_stood_down"] == (row["loss_separation"] <= SEPARATION_THRESHOLD)
+        assert 0.0 <= row["estimated_noise_rate"] <= row["high_loss_weight"] <= 1.0 and 0.0 <= row["flagged_rate"] <= 1.0
+        wrong_labels = row["loss_separation"] > SEPARATION_THRESHOLD and row["noisy_component_loss"] > chance
+        assert row["routing_stood_down"] == (not wrong_labels) == (row["estimated_noise_rate"] == 0.0)
     assert auto[0]["routing_active"] is False and auto[0]["gate_mean_clean"] == 1.0  # warm-up: all on
     for before, row in zip(auto, auto[1:]):
         assert row["routing_active"] == (not before["routing_stood_down"])

@@ -103,9 +103,9 @@ def update_estimate(state: CleaRState, losses: np.ndarray, ens_logits: np.ndarra
     """Fit p to this epoch's per-sample losses (SPEC.md step 4: EMA, 2-component GMM, p = posterior of the
     low-loss component) and return it. Only before a routed epoch do p and f_ens (the mean logits of the
     pass) come into use, and only then does the loss EMA advance; warm-up fits only measure. clean-auto
-    stands down for the next epoch when the fit shows no separate high-loss mode."""
+    stands down for the next epoch when the fit shows no mode of wrong labels (routing.py)."""
     estimate = state.estimator.fit(losses, smooth=routes_next)
-    state.stood_down = guarded and not state.estimator.separated()
+    state.stood_down = guarded and not state.estimator.shows_label_noise()
     if routes_next:
         state.p, state.ens_logits = estimate, ens_logits
     return estimate

@@ -39,7 +39,8 @@ TIMING_FIELDS = frozenset({"epoch_seconds", "step_seconds", "pass_seconds", "eva
 DYNAMICS_FIELDS = ("clean_learning", "noisy_memorization", "noisy_correction", "detect_precision", "detect_recall",
                    "detect_auc")
 # What each epoch's clean-probability fit says about the noise (routing.CleanProbability.fit_stats).
-FIT_FIELDS = ("estimated_noise_rate", "flagged_rate", "loss_separation", "bic_gain", "noisy_component_loss")
+FIT_FIELDS = ("estimated_noise_rate", "high_loss_weight", "flagged_rate", "loss_separation", "bic_gain",
+              "noisy_component_loss")
 
 
 def option(default, help: str, choices: tuple | None = None, per_method: bool = False):
@@ -300,7 +301,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False, pr
         progress, log = False, (lambda *args, **kwargs: None)
     n_train = len(s.data.train)
     state = clear.CleaRState(p=np.ones(n_train), ens_logits=None, stood_down=False,
-                             estimator=CleanProbability(ema=cfg.loss_ema or None, seed=cfg.seed))
+                             estimator=CleanProbability(ema=cfg.loss_ema or None, seed=cfg.seed,
+                                                        chance_loss=math.log(s.data.bundle.num_labels)))
     start_epoch, train_seconds = 0, 0.0
     restored = s.folder.load_checkpoint(log) if resume else None
     if restored is not None:
