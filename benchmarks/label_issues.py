@@ -5,7 +5,9 @@
     python benchmarks/label_issues.py runs/label_issues                  # -> results/label_issues.csv
 
 Ground truth is each run's noisy_labels.csv (label != noisy_label). Detectors, all on the same noisy labels:
-  clearpeft-clear / clearpeft-plain   label_score (p) of the CleaR-LoRA / plain LoRA run; flagged: p < 0.5
+  clearpeft-clear / clearpeft-plain   the report of the CleaR-LoRA / plain LoRA run: ranked by label_score,
+                                      flagged by is_label_issue (p < 0.5 or confident learning finds another
+                                      label; the candidates file has each part alone)
   cleanlab-cv-*                       out-of-fold pred_probs of 5-fold cross-validated logistic regression on
                                       frozen default-backbone embeddings (cleanlab's standard recipe); flagged:
                                       cleanlab.filter.find_label_issues (default filter_by); ranked by
@@ -111,8 +113,9 @@ def noisy_training_set(cfg) -> tuple[list[str], np.ndarray, np.ndarray, int]:
 
 
 def rewrite_old_report(folder: Path) -> None:
-    """Rewrite a report of an older format (p to 6 decimals, which tied hundreds of samples at 0; ranked by p)
-    the way a run writes it now: the final model over the training set, every module on, the same GMM."""
+    """Rewrite a report of an older format (p to 6 decimals, which tied hundreds of samples at 0; ranked by p;
+    flagged by p < 0.5 alone) the way a run writes it now: the final model over the training set, every module
+    on, the same GMM."""
     import json
 
     from accelerate import Accelerator
@@ -124,8 +127,11 @@ def rewrite_old_report(folder: Path) -> None:
     from clearpeft.train import TrainConfig, clean_probs_csv, prepare_data, routed_logits
 
     with open(folder / "clean_probs.csv", newline="") as handle:
-        if tuple(next(csv.reader(handle))) == runs.LABEL_ISSUE_COLUMNS:
-            return
+        rows = list(csv.reader(handle))
+    # Reports written before the confident-learning flag have these columns but flag exactly p < 0.5.
+    if tuple(rows[0]) == runs.LABEL_ISSUE_COLUMNS and any(
+            (r[5] == "True") != (float(r[6]) < 0.5) for r in rows[1:]):
+        return
     config = json.loads((folder / "config.json").read_text())
     cfg = TrainConfig(**{k: v for k, v in config.items() if k in TrainConfig.field_names()})
     data = prepare_data(cfg, load_tokenizer(cfg.model))
@@ -164,6 +170,7 @@ def cached_setting(cfg, runs: dict, cache_dir: Path) -> dict[str, dict]:
 def benchmark_setting(cfg, runs: dict) -> dict[str, dict]:
     from clearpeft import load_run
     from clearpeft.backbone import embed_texts
+    from clearpeft.label_issues import confident_flags
 
     texts, true, noisy, num_classes = noisy_training_set(cfg)
     corrupted = true != noisy
@@ -180,15 +187,15 @@ def benchmark_setting(cfg, runs: dict) -> dict[str, dict]:
         issues = load_run(folder).label_issues().sort_values("index")
         flags = issues["is_label_issue"].to_numpy()
         rows[name] = detection_metrics(1.0 - issues["label_score"].to_numpy(), flags, corrupted)
-        # candidates file: the ranking the report had before (by p itself), and a flag of the n·ρ̂ most suspicious
-        # (ρ̂ = mean of 1 − p, the estimated noise rate) instead of p < 0.5
-        p, score = issues["clean_prob"].to_numpy(), issues["label_score"].to_numpy()
+        # candidates file: the ranking the report had before (by p itself), and each part of the flag alone
+        # beside "the predicted label differs", from the final model's in-sample probabilities
+        p = issues["clean_prob"].to_numpy()
         rows[f"{name}-rank-by-p"] = detection_metrics(1.0 - p, flags, corrupted)
-        top = np.zeros(len(p), bool)
-        top[np.argsort(score, kind="stable")[:int(round(len(p) * np.mean(1.0 - p)))]] = True
-        rows[f"{name}-flag-top-n-rho"] = detection_metrics(1.0 - score, top, corrupted)
+        in_sample = load_run(folder).predict_proba(texts)
+        for flag_name, flag in (("p-below-half", p < 0.5), ("confident-learning", confident_flags(in_sample, noisy)),
+                                ("predicted-differs", in_sample.argmax(1) != noisy)):
+            rows[f"{name}-flag-{flag_name}"] = detection_metrics(None, flag, corrupted)
         if routing == "clean":
-            in_sample = load_run(folder).predict_proba(texts)
             rows.update(cleanlab_rows(in_sample, noisy, corrupted, "cleanlab-on-clearpeft", ("self_confidence",)))
     features = embed_texts(texts)
     rows.update(cleanlab_rows(cross_validated_probs(features, noisy, num_classes), noisy, corrupted, "cleanlab-cv"))
@@ -249,6 +256,18 @@ def markdown(lines: list[dict]) -> str:
         parts = [f"{cell((d, n, f), 'precision')} / {cell((d, n, f), 'recall')} / {by[(d, n, f)]['flagged']}"
                  if (d, n, f) in by else "–" for f in flaggers]
         out.append(f"| {d} | {n} | {corrupted} | " + " | ".join(parts) + " |")
+    # F1 of the report's flag and of each part alone, per run, with the mean over the runs that have all of them
+    variants = ["", "-flag-p-below-half", "-flag-confident-learning", "-flag-predicted-differs"]
+    out += ["", "| data set | noise | run | " + " | ".join(v.lstrip("-") or "is_label_issue" for v in variants)
+            + " |", "|---|---|---|" + "---|" * len(variants)]
+    f1s = []
+    for d, n in settings:
+        for run in ("clearpeft-clear", "clearpeft-plain"):
+            if all((d, n, run + v) in by for v in variants):
+                f1s.append([by[(d, n, run + v)]["f1"] for v in variants])
+                out.append(f"| {d} | {n} | {run} | " + " | ".join(cell((d, n, run + v), "f1") for v in variants) + " |")
+    if f1s:
+        out.append(f"| mean of {len(f1s)} runs | | | " + " | ".join(f"{x:.3f}" for x in np.mean(f1s, 0)) + " |")
     return "\n".join(out)
 
 

@@ -8,6 +8,7 @@ import pytest
 
 import clearpeft
 from clearpeft.data import load_data
+from clearpeft.label_issues import label_issue_flags
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -57,7 +58,11 @@ def test_readme_example_fit_predict_label_issues_and_load_run(sst5_frames, tmp_p
     assert list(issues.columns[:6]) == ["index", "text", "given_label", "predicted_label", "label_score",
                                         "is_label_issue"]
     assert len(issues) == 192 and issues["label_score"].is_monotonic_increasing
-    assert (issues["is_label_issue"] == (issues["clean_prob"] < 0.5)).all()
+    # the flag: p < 0.5, or confident learning on the final model's probabilities finds another label
+    in_sample = run.predict_proba(issues["text"].tolist())
+    expected = label_issue_flags(issues["clean_prob"].to_numpy(), in_sample, issues["given_label_id"].to_numpy())
+    assert (issues["is_label_issue"] | ~(issues["clean_prob"] < 0.5)).all()
+    assert (issues["is_label_issue"].to_numpy() != expected).sum() <= 1  # batch padding moves the last digits
     assert set(issues["given_label"]) <= set(names) and list(run.label_issues(top=5)["index"]) == list(issues["index"][:5])
     # label_score is the final model's probability of the given label: what predict_proba says of the text
     first = issues.iloc[0]

@@ -75,7 +75,8 @@ class Run:
     def label_issues(self, top: int | None = None):
         """The label-issue report of the training samples as a pandas DataFrame, most suspicious first: index,
         text, given_label, predicted_label, label_score (the final model's probability of the given label: the
-        ranking), is_label_issue (clean probability p < 0.5: the flag), clean_prob (p), and the label ids."""
+        ranking), is_label_issue (the flag: p < 0.5 or confident learning finds another label; older reports
+        flag p < 0.5 only), clean_prob (p), and the label ids."""
         import pandas as pd
 
         frame = pd.read_csv(self.folder / "clean_probs.csv", keep_default_na=False)
@@ -85,7 +86,8 @@ class Run:
             frame["label_score"] = frame["clean_prob"]
         if "clean_prob" not in frame:  # reports of that day that ranked by p
             frame["clean_prob"] = frame["label_score"]
-        frame["is_label_issue"] = frame["clean_prob"] < 0.5
+        if "is_label_issue" not in frame:
+            frame["is_label_issue"] = frame["clean_prob"] < 0.5
         frame = frame[list(runs.LABEL_ISSUE_COLUMNS)]
         frame["given_label"] = frame["given_label"].astype(str)
         frame["predicted_label"] = frame["predicted_label"].astype(str)

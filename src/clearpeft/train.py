@@ -29,6 +29,7 @@ import torch.nn.functional as F
 
 from . import clear, runs
 from .errors import UserError
+from .label_issues import label_issue_flags
 from .metrics import accuracy, detection_quality, summarize_curve, training_dynamics
 from .peft import METHODS, training_defaults
 from .routing import STRATEGIES, CleanProbability, gates_from_draws
@@ -576,21 +577,22 @@ def summarize(cfg: TrainConfig, data: Prepared, history: list[dict], core, train
 def clean_probs_csv(data: Prepared, p: np.ndarray, logits: np.ndarray) -> str:
     """The label-issue report: training samples, most suspicious first, by the final model (every module on).
     Columns named as cleanlab's where they mean the same: label_score is the model's probability of the given
-    label (cleanlab's self-confidence; the ranking), is_label_issue is p < 0.5 (the flag), clean_prob is p;
-    given_label and predicted_label are label names (the ids beside them). The ranking is by label_score, not
-    p: p is a function of the same loss through a 2-component GMM, which reorders and ties samples (with
-    unequal variances it is not monotone in the loss) and ranked the corrupted labels worse on every setting
-    of benchmarks/label_issues.py measured so far."""
+    label (cleanlab's self-confidence; the ranking), is_label_issue the flag (p < 0.5 or confident learning
+    finds another label: label_issues.py), clean_prob is p; given_label and predicted_label are label names
+    (the ids beside them). The ranking is by label_score, not p: p is a function of the same loss through a
+    2-component GMM, which reorders and ties samples (with unequal variances it is not monotone in the loss)
+    and ranked the corrupted labels worse on every setting of benchmarks/label_issues.py."""
     names, given = data.bundle.label_names, data.noisy.noisy
     shifted = logits - logits.max(-1, keepdims=True)
     probs = np.exp(shifted) / np.exp(shifted).sum(-1, keepdims=True)
     score = probs[np.arange(len(given)), given]
+    flags = label_issue_flags(p, probs, given)
     buf = io.StringIO()
     writer = csv.writer(buf)
     writer.writerow(runs.LABEL_ISSUE_COLUMNS)
     for i in np.argsort(score, kind="stable"):
         z, y_hat = int(given[i]), int(logits[i].argmax())
-        writer.writerow([int(i), data.texts[i], names[z], names[y_hat], repr(float(score[i])), bool(p[i] < 0.5),
+        writer.writerow([int(i), data.texts[i], names[z], names[y_hat], repr(float(score[i])), bool(flags[i]),
                          repr(float(p[i])), z, y_hat])
     return buf.getvalue()
 

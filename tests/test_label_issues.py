@@ -1,0 +1,32 @@
+"""The report's flag (clearpeft.label_issues): confident learning's per-class thresholds, united with p < 0.5."""
+
+import numpy as np
+
+from clearpeft.label_issues import class_thresholds, confident_flags, label_issue_flags
+
+# 6 samples, 3 classes; given labels 0 0 1 1 2 2
+PROBS = np.array([
+    [0.70, 0.20, 0.10],  # labelled 0, confident in 0
+    [0.25, 0.65, 0.10],  # labelled 0, but class 1 reaches its threshold: flagged
+    [0.10, 0.80, 0.10],  # labelled 1, confident in 1
+    [0.50, 0.30, 0.20],  # labelled 1: 0.30 is below class 1's threshold 0.55, 0.50 reaches class 0's 0.475
+    [0.20, 0.30, 0.50],  # labelled 2, above class 2's threshold 0.35
+    [0.45, 0.35, 0.20],  # labelled 2: no class reaches its threshold (0.45 < 0.475, 0.35 < 0.55, 0.20 < 0.35)
+])
+GIVEN = np.array([0, 0, 1, 1, 2, 2])
+
+
+def test_thresholds_are_each_class_mean_self_confidence():
+    assert np.allclose(class_thresholds(PROBS, GIVEN), [0.475, 0.55, 0.35])
+    # a class no sample is labelled with never counts as a confident label
+    assert class_thresholds(PROBS[:4], GIVEN[:4])[2] == 1.0
+
+
+def test_confident_label_other_than_the_given_one_is_flagged():
+    assert confident_flags(PROBS, GIVEN).tolist() == [False, True, False, True, False, False]
+
+
+def test_flag_is_the_union_with_low_clean_probability():
+    p = np.array([0.9, 0.9, 0.9, 0.9, 0.9, 0.2])  # the last: no confident label, but the loss GMM calls it noisy
+    assert label_issue_flags(p, PROBS, GIVEN).tolist() == [False, True, False, True, False, True]
+    assert not label_issue_flags(np.ones(6), np.eye(3)[GIVEN], GIVEN).any()  # a model that agrees flags nothing
