@@ -123,8 +123,7 @@ def rewrite_old_report(folder: Path) -> None:
     from clearpeft import runs
     from clearpeft.backbone import load_tokenizer
     from clearpeft.peft import load_model
-    from clearpeft.routing import CleanProbability
-    from clearpeft.train import TrainConfig, clean_probs_csv, prepare_data, routed_logits
+    from clearpeft.train import TrainConfig, label_issue_report, prepare_data
 
     with open(folder / "clean_probs.csv", newline="") as handle:
         rows = list(csv.reader(handle))
@@ -137,10 +136,7 @@ def rewrite_old_report(folder: Path) -> None:
     data = prepare_data(cfg, load_tokenizer(cfg.model))
     core = load_model(folder / "weights", cfg.model)
     accelerator = Accelerator(cpu=True, mixed_precision="bf16" if cfg.bf16 else "no")  # as the run's own pass
-    logits, losses = routed_logits(core, data.train, cfg.eval_batch_size, data.pad_id, 1, lambda i, k: None,
-                                   accelerator)
-    p = CleanProbability(seed=cfg.seed).fit(losses)
-    runs.atomic_write_text(folder / "clean_probs.csv", clean_probs_csv(data, p, logits))
+    runs.atomic_write_text(folder / "clean_probs.csv", label_issue_report(core, data, cfg, accelerator))
     print(f"rewrote {folder / 'clean_probs.csv'} in the current format", file=sys.stderr)
 
 

@@ -497,11 +497,8 @@ def finish(s: Session, history: list[dict], train_seconds: float) -> dict:
     cfg, data = s.cfg, s.data
     if cfg.log_with != "none":
         s.accelerator.end_training()
-    final_logits, final_losses = routed_logits(s.core, data.train, cfg.eval_batch_size, data.pad_id, 1,
-                                               lambda i, k: None, s.accelerator)
+    report = label_issue_report(s.core, data, cfg, s.accelerator)
     summary = summarize(cfg, data, history, s.core, train_seconds)
-    report = clean_probs_csv(data, CleanProbability(seed=cfg.seed).fit(final_losses), final_logits) \
-        if s.accelerator.is_main_process else ""
     s.folder.finish(s.core, summary, report)  # every process: it ends on a barrier, so all may read the run
     s.folder.status(cfg.epochs - 1, "done")
     return summary
@@ -572,6 +569,16 @@ def summarize(cfg: TrainConfig, data: Prepared, history: list[dict], core, train
         "trainable_params": core.num_trainable(), "train_seconds": train_seconds,
     })
     return summary
+
+
+def label_issue_report(core, data: Prepared, cfg: TrainConfig, accelerator) -> str:
+    """clean_probs.csv of a trained model: its pass over the training set with every module on (as a user
+    would deploy it) and a fresh fit of p to those losses; "" on all but the main process."""
+    logits, losses = routed_logits(core, data.train, cfg.eval_batch_size, data.pad_id, 1, lambda i, k: None,
+                                   accelerator)
+    if not accelerator.is_main_process:
+        return ""
+    return clean_probs_csv(data, CleanProbability(seed=cfg.seed).fit(losses), logits)
 
 
 def clean_probs_csv(data: Prepared, p: np.ndarray, logits: np.ndarray) -> str:
