@@ -139,7 +139,8 @@ def test_guard_stands_down_on_a_separate_mode_below_chance_level(rate):
     losses = np.concatenate([rng.exponential(0.3, 4000 - n_slow), rng.normal(3.2, 0.5, n_slow).clip(0)])
     est = CleanProbability(seed=0, chance_loss=np.log(77))
     est.fit(losses)
-    assert est.fit_stats["loss_separation"] > SEPARATION_THRESHOLD and est.fit_stats["noisy_component_loss"] < np.log(77)
+    assert est.fit_stats["loss_separation"] > SEPARATION_THRESHOLD
+    assert est.fit_stats["noisy_component_loss"] < np.log(77)
     assert not est.shows_label_noise() and est.fit_stats["estimated_noise_rate"] == 0.0
     assert abs(est.fit_stats["high_loss_weight"] - rate) <= 0.05
     wrong = CleanProbability(seed=0, chance_loss=np.log(77))

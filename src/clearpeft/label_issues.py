@@ -10,8 +10,8 @@ is not its given label. The two see different errors. p < 0.5 is one cut on the 
 noise, but under class-dependent (asymmetric, instance-dependent) noise it flagged 0.36-0.71x as many samples
 as were wrong; the per-class thresholds of confident learning follow each class's own confidence. Over the 14
 runs of benchmarks/label_issues.py the union had mean F1 0.638, p < 0.5 alone 0.572, confident learning alone
-0.609, "predicted label differs" 0.633. Written here (a dozen lines) rather than taken from cleanlab, which stays an
-optional extra for the benchmark.
+0.609, "predicted label differs" 0.633. Written here (a dozen lines) rather than taken from cleanlab, which
+stays an optional extra for the benchmark.
 """
 
 from __future__ import annotations

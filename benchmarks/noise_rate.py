@@ -1,0 +1,81 @@
+"""How close is the estimated noise rate to the realized one? Every finished run folder under the given roots
+with fit statistics in its metrics.jsonl (issue 21).
+
+    python benchmarks/noise_rate.py results/cpu-clean-auto results/converged-gpu runs/label_issues
+
+The estimate of a run is that of its last fit (as summary.json and a grid's results.csv report it). Runs made
+before the estimate became "the high-loss weight where the fit shows a mode of wrong labels, else 0" logged
+the weight as estimated_noise_rate, with the separation D and the component's mean loss beside it: the
+current estimate is derived from those logged numbers by the same rule (routing.py), so every run counts.
+Prints one line per run and the mean absolute error, overall and by noise kind; --markdown prints a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from collections import defaultdict
+from pathlib import Path
+
+from clearpeft.routing import SEPARATION_THRESHOLD
+
+
+def last_fit(folder: Path) -> dict | None:
+    fits = [row for row in map(json.loads, (folder / "metrics.jsonl").read_text().splitlines())
+            if row.get("loss_separation") is not None]
+    return fits[-1] if fits else None
+
+
+def estimate(fit: dict, num_labels: int) -> tuple[float, float]:
+    """(estimated noise rate, high-loss weight) of a logged fit."""
+    if "high_loss_weight" in fit:
+        return fit["estimated_noise_rate"], fit["high_loss_weight"]
+    weight = fit["estimated_noise_rate"]
+    wrong = fit["loss_separation"] > SEPARATION_THRESHOLD and fit["noisy_component_loss"] > math.log(num_labels)
+    return (weight if wrong else 0.0), weight
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("roots", nargs="+", type=Path)
+    parser.add_argument("--markdown", action="store_true")
+    args = parser.parse_args()
+    rows = []
+    for root in args.roots:
+        for summary_path in sorted(root.rglob("summary.json")):
+            folder = summary_path.parent
+            config = json.loads((folder / "config.json").read_text())
+            fit = last_fit(folder)
+            if fit is None:
+                continue
+            est, weight = estimate(fit, len(config["label_names"]))
+            real = json.loads(summary_path.read_text())["realized_noise_rate"]
+            rows.append({"run": str(folder), "dataset": config["dataset"], "noise": config["noise"],
+                         "method": config["peft"], "routing": config["routing"], "realized": real,
+                         "estimated": est, "weight": weight})
+    if not rows:
+        raise SystemExit("no finished runs with fit statistics under " + ", ".join(map(str, args.roots)))
+    groups = defaultdict(list)
+    for r in rows:
+        groups["all"].append(r)
+        groups[f"{r['dataset']} {r['noise'].split(':')[0]}"].append(r)
+    if args.markdown:
+        print("| data set | noise | method | routing | realized | estimated | high-loss weight |")
+        print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        if args.markdown:
+            print(f"| {r['dataset']} | {r['noise']} | {r['method']} | {r['routing']} | {r['realized']:.3f} | "
+                  f"{r['estimated']:.3f} | {r['weight']:.3f} |")
+        else:
+            print(f"{r['run']:<70} realized {r['realized']:.3f}  estimated {r['estimated']:.3f}"
+                  f"  weight {r['weight']:.3f}")
+    print()
+    for name, group in groups.items():
+        mae = sum(abs(r["estimated"] - r["realized"]) for r in group) / len(group)
+        mae_weight = sum(abs(r["weight"] - r["realized"]) for r in group) / len(group)
+        print(f"{name:<22} {len(group):>3} runs  MAE estimated {mae:.3f}  (high-loss weight: {mae_weight:.3f})")
+
+
+if __name__ == "__main__":
+    main()
