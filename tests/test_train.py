@@ -264,9 +264,9 @@ def test_clean_auto_is_plain_peft_until_the_losses_show_a_noisy_mode(tmp_path):
     """clean-auto trains as plain PEFT (every module on, no consistency loss) in warm-up and in every epoch
     after a fit without a separate high-loss mode, and routes as CleaR after a fit with one; every epoch records
     the fit's statistics and the decision for the next epoch."""
-    from clearpeft.routing import SEPARATION_THRESHOLD
+    from clearpeft.routing import CHANCE_FRACTION, SEPARATION_THRESHOLD
 
-    chance = math.log(5)
+    chance = CHANCE_FRACTION * math.log(5)
     fast = dict(epochs=2, max_train_samples=128, max_eval_samples=64, eval_passes=0)  # the decision after epoch 1
     train(small(tmp_path, "auto", routing="clean-auto", **fast), progress=False, log=lambda m: None)
     train(small(tmp_path, "plain", routing="none", reg_weight=0.0, **fast), progress=False, log=lambda m: None)
