@@ -111,7 +111,8 @@ def load_run(folder: str | Path) -> Run:
 def fit(data: Any, labels: Any = None, *, test: Any = None, text_column: str = "text", label_column: str = "label",
         out: str | Path = "runs/fit", resume: bool = False, overwrite: bool = False, progress: bool = True,
         log=print, **options: Any) -> Run:
-    """Train a run (a PEFT method, with CleaR unless ``routing="none"``) and return it.
+    """Train a run (a PEFT method, with CleaR's guarded variant ``clean-auto`` unless ``routing`` says otherwise)
+    and return it.
 
     ``data``: texts (with ``labels``), a DataFrame or datasets.Dataset (with ``text_column``/``label_column``),
     or a data set name or file path. ``test``: optional held-out data in the same forms ((texts, labels) for

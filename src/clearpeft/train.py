@@ -64,9 +64,10 @@ class TrainConfig:
     model: str = option("default", "encoder: default (the packaged all-MiniLM-L6-v2), or a hub name or local folder "
                                    "of a BERT, RoBERTa, DeBERTa, ...")
     peft: str = option("lora", "PEFT method (full: full fine-tuning, the baseline)", choices=tuple(METHODS))
-    routing: str = option("clean", "none (plain PEFT) | clean (CleaR, the paper's) | clean-auto (CleaR that stands "
-                                   "down where the losses show no separate noisy mode) | deterministic | random | "
-                                   "noisy", choices=STRATEGIES)
+    routing: str = option("clean-auto", "clean-auto (CleaR that stands down, as plain PEFT, while the losses show no "
+                                        "mode of wrong labels: safe on clean data) | clean (CleaR exactly as the "
+                                        "paper has it) | none (plain PEFT) | deterministic | random | noisy",
+                          choices=STRATEGIES)
     noise: str = option("clean", "clean, symmetric:R, symmetric-exclusive:R, asymmetric:R or instance:R "
                                  "(training split only)")
     epochs: int = option(10, "training epochs")
