@@ -85,7 +85,11 @@ def no_dropout_backbone(folder: Path) -> Path:
 
 def test_two_process_run_matches_one_process(tmp_path):
     model = no_dropout_backbone(tmp_path / "model")
-    flags = ["--dataset", "banking77", "--model", str(model), "--peft", "lora", "--noise", "symmetric:0.2",
+    # --routing clean: the routing is what this compares. With clean-auto (the default) this run stands down
+    # (the fit after warm-up sits at 0.96 log K, on 1 and 2 processes alike) and trains as plain PEFT, whose
+    # test accuracy at this learning rate drifted by 0.024 between 1 and 2 processes (2026-11-26).
+    flags = ["--dataset", "banking77", "--model", str(model), "--peft", "lora", "--routing", "clean",
+             "--noise", "symmetric:0.2",
              "--epochs", "2", "--warmup-epochs", "1", "--max-train-samples", "512", "--max-eval-samples", "500",
              "--lr", "1e-2", "--eval-passes", "1", "--seed", "0", "--json"]
     single = subprocess.run([sys.executable, "-m", "clearpeft", "train", *flags, "--out", str(tmp_path / "one")],
