@@ -180,14 +180,15 @@ def benchmark_setting(cfg, runs: dict) -> dict[str, dict]:
         if not np.array_equal(saved, noisy):
             raise SystemExit(f"{folder}: its noisy labels are not the grid file's: was it run with other settings?")
         rewrite_old_report(folder)
-        issues = load_run(folder).label_issues().sort_values("index")
+        run = load_run(folder)
+        issues = run.label_issues().sort_values("index")
         flags = issues["is_label_issue"].to_numpy()
         rows[name] = detection_metrics(1.0 - issues["label_score"].to_numpy(), flags, corrupted)
         # candidates file: the ranking the report had before (by p itself), and each part of the flag alone
         # beside "the predicted label differs", from the final model's in-sample probabilities
         p = issues["clean_prob"].to_numpy()
         rows[f"{name}-rank-by-p"] = detection_metrics(1.0 - p, flags, corrupted)
-        in_sample = load_run(folder).predict_proba(texts)
+        in_sample = run.predict_proba(texts)
         for flag_name, flag in (("p-below-half", p < 0.5), ("confident-learning", confident_flags(in_sample, noisy)),
                                 ("predicted-differs", in_sample.argmax(1) != noisy)):
             rows[f"{name}-flag-{flag_name}"] = detection_metrics(None, flag, corrupted)

@@ -18,7 +18,7 @@ import math
 from collections import defaultdict
 from pathlib import Path
 
-from clearpeft.routing import CHANCE_FRACTION, SEPARATION_THRESHOLD
+from clearpeft.routing import is_wrong_label_mode
 
 
 def last_fit(folder: Path) -> dict | None:
@@ -32,8 +32,7 @@ def estimate(fit: dict, num_labels: int) -> tuple[float, float]:
     if "high_loss_weight" in fit:
         return fit["estimated_noise_rate"], fit["high_loss_weight"]
     weight = fit["estimated_noise_rate"]
-    wrong = (fit["loss_separation"] > SEPARATION_THRESHOLD
-             and fit["noisy_component_loss"] > CHANCE_FRACTION * math.log(num_labels))
+    wrong = is_wrong_label_mode(fit["loss_separation"], fit["noisy_component_loss"], math.log(num_labels))
     return (weight if wrong else 0.0), weight
 
 

@@ -128,6 +128,13 @@ class CleanProbability:
         warnings.warn(f"clean probability: {message}", RuntimeWarning, stacklevel=3)
 
 
+def is_wrong_label_mode(separation: float, noisy_loss: float, chance_loss: float | None) -> bool:
+    """Whether a fit's high-loss component is a mode of wrong labels (module docstring): a mode of its own
+    (D above SEPARATION_THRESHOLD) above chance level (mean loss above CHANCE_FRACTION · log K; no chance
+    criterion when ``chance_loss`` is None)."""
+    return separation > SEPARATION_THRESHOLD and (chance_loss is None or noisy_loss > CHANCE_FRACTION * chance_loss)
+
+
 def _stats(gmm, clean: int, scaled: np.ndarray, losses: np.ndarray, p: np.ndarray,
            chance_loss: float | None) -> dict:
     """What a fit says about the noise: the high-loss component's weight (the mean of 1 − p, which EM makes
@@ -145,8 +152,7 @@ def _stats(gmm, clean: int, scaled: np.ndarray, losses: np.ndarray, p: np.ndarra
     separation = float(np.sqrt(2.0) * abs(means[noisy] - means[clean]) / np.sqrt(variances.sum()))
     noisy_loss = float(losses.min() + means[noisy] * span)
     weight = float(np.mean(1.0 - p))
-    wrong_labels = separation > SEPARATION_THRESHOLD and (chance_loss is None or
-                                                          noisy_loss > CHANCE_FRACTION * chance_loss)
+    wrong_labels = is_wrong_label_mode(separation, noisy_loss, chance_loss)
     return {"estimated_noise_rate": weight if wrong_labels else 0.0, "high_loss_weight": weight,
             "flagged_rate": float(np.mean(p < 0.5)), "loss_separation": separation,
             "bic_gain": float(one.bic(x) - gmm.bic(x)) / len(x), "noisy_component_loss": noisy_loss}
