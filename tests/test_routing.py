@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from clearpeft.metrics import detection_quality, summarize_curve, training_dynamics
-from clearpeft.routing import CHANCE_FRACTION, SEPARATION_THRESHOLD, CleanProbability, gate_probability, sample_gates
+from clearpeft.routing import (CHANCE_FRACTION, SEPARATION_THRESHOLD, STRONG_SEPARATION, CleanProbability,
+                               gate_probability, sample_gates)
 
 
 def two_populations(seed=0, n_clean=700, n_noisy=300):
@@ -145,6 +146,22 @@ def test_guard_stands_down_on_a_separate_mode_below_chance_level(rate):
     wrong = CleanProbability(seed=0, chance_loss=np.log(77))
     wrong.fit(losses + np.where(losses > 1.6, 2.0, 0.0))  # the same mode moved above chance level: wrong labels
     assert wrong.shows_label_noise() and abs(wrong.fit_stats["estimated_noise_rate"] - rate) <= 0.05
+
+
+@pytest.mark.parametrize("learnt_loss, routes", [(0.8, True), (2.2, False)])
+def test_a_mode_just_below_chance_level_routes_only_when_far_apart(learnt_loss, routes):
+    """Wrong labels of a slow learner on 77 classes (BANKING77 Prompt at 60% noise on cpu.yaml: D 3.1-3.4 at
+    0.93-0.97 log K): a mode at 0.94 log 77 routes when it lies far from the learnt samples (D > 3), and stands
+    down when it is only just a mode of its own (2 < D < 3)."""
+    rng = np.random.default_rng(4)
+    losses = np.concatenate([rng.normal(learnt_loss, 0.7, 1600), rng.normal(0.94 * np.log(77), 0.7, 2400)]).clip(0)
+    est = CleanProbability(seed=0, chance_loss=np.log(77))
+    est.fit(losses)
+    separation = est.fit_stats["loss_separation"]
+    assert 0.9 * np.log(77) < est.fit_stats["noisy_component_loss"] < CHANCE_FRACTION * np.log(77)
+    assert (separation > STRONG_SEPARATION) == routes and separation > SEPARATION_THRESHOLD
+    assert est.shows_label_noise() == routes
+    assert abs(est.fit_stats["high_loss_weight"] - 0.6) <= 0.05
 
 
 def test_fallback_fit_reports_no_noise_and_no_separation():
