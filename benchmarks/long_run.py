@@ -61,7 +61,7 @@ def child(spec: dict) -> dict:
 
 def run_child(spec: dict, cache_dir: str) -> dict:
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "TORCHINDUCTOR_CACHE_DIR": cache_dir}
-    out = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)], check=True, capture_output=True,
+    out = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)], check=True, stdout=subprocess.PIPE,
                          text=True, env=env)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
