@@ -20,9 +20,10 @@ CHECKPOINTS = "checkpoints"
 # clean_probs.csv, the label-issue report (train.clean_probs_csv; cleanlab's names where they mean the same)
 LABEL_ISSUE_COLUMNS = ("index", "text", "given_label", "predicted_label", "label_score", "is_label_issue",
                        "clean_prob", "given_label_id", "predicted_label_id")
-# Fields that may differ between a run and its resumption without making it a different run.
+# Fields that may differ between a run and its resumption without making it a different run: where it is, how
+# it was started, and how fast it runs (compiling changes the speed; the numbers only within rounding).
 NON_IDENTITY = {"out", "resume", "overwrite", "progress", "json", "config", "realized_noise_rate", "label_names",
-                "versions"}
+                "versions", "compile"}
 
 
 _UMASK = os.umask(0)

@@ -44,6 +44,14 @@ FIT_FIELDS = ("estimated_noise_rate", "high_loss_weight", "flagged_rate", "loss_
               "noisy_component_loss")
 
 
+# --compile auto: a bf16 run on a CPU compiles when it plans more training batches than this. Measured on this
+# 2-core CPU (benchmarks/long_run.py, full-data SST-5 CleaR-LoRA, bf16): a compiled epoch takes ~14 s less than
+# eager (steps 0.85x, passes 0.93x, evaluation 0.9x) and the run's five graphs ~75 s to compile with a warm
+# Inductor cache (~160 s cold): ~5.4 SST-5 epochs, ~1,450 batches, to repay. cpu.yaml runs plan 750 batches, the
+# converged protocol's 2,670-3,100. Not measured on a GPU, so auto does not compile there.
+COMPILE_BREAK_EVEN_BATCHES = 1500
+
+
 def option(default, help: str, choices: tuple | None = None, per_method: bool = False):
     """A TrainConfig field: its default, its help line (`clearpeft train --help`), its allowed values if
     few, and whether an unset value takes the method's own default (clearpeft.peft.training_defaults)."""
@@ -111,6 +119,11 @@ class TrainConfig:
     prompt_length: int = option(20, "prefix-tuning virtual tokens per layer")
     adapter_size: int = option(16, "Houlsby adapter bottleneck size")
     bf16: bool = option(False, "bf16 autocast (CPU with AVX-512 BF16, or GPU)")
+    compile: str = option("auto", "torch.compile the model (training steps, and apart the no-gradient passes): on "
+                                  "| off | auto = on a CPU for bf16 runs of more than "
+                                  f"{COMPILE_BREAK_EVEN_BATCHES} planned training batches, where the faster steps "
+                                  "repay the compile time (benchmarks/long_run.py); off on a GPU (not measured "
+                                  "there yet)", choices=("auto", "on", "off"))
     seed: int = option(0, "seed of the subset, the noise, the initialization, the order and every gate draw")
     log_with: str = option("none", "trackers of Accelerate", choices=("none", "tensorboard", "wandb", "all"))
     out: str = option("runs/latest", "run folder")
@@ -275,7 +288,8 @@ def library_versions() -> dict[str, str]:
 @dataclass
 class Session:
     """A started run: the accelerator, the run folder, the data, and the prepared model, optimizer, loader and
-    schedule. ``core`` is the model itself (RoutedClassifier), ``model`` what Accelerate wrapped around it."""
+    schedule. ``core`` is the model itself (RoutedClassifier), ``model`` what Accelerate wrapped around it (for
+    the training steps), ``infer`` what the no-gradient passes call (``core``, or it compiled apart)."""
 
     cfg: TrainConfig
     accelerator: object
@@ -286,6 +300,8 @@ class Session:
     optimizer: object
     loader: object
     scheduler: object
+    infer: object
+    compiled: bool
 
 
 def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False, progress: bool = True,
@@ -333,7 +349,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False, pr
         # Phase 3: evaluation.
         eval_started = time.perf_counter()
         s.folder.status(epoch, "eval")
-        row.update(evaluate(s.core, s.data, cfg, epoch, s.accelerator))
+        row.update(evaluate(s.infer, s.data, cfg, epoch, s.accelerator))
         row["step_seconds"], row["pass_seconds"] = step_seconds, pass_seconds
         row["eval_seconds"] = time.perf_counter() - eval_started
         row["epoch_seconds"] = time.perf_counter() - started
@@ -357,7 +373,7 @@ def start(cfg: TrainConfig, resume: bool, overwrite: bool, bundle=None) -> Sessi
     """Check the run folder, load data and model (bad input fails here, before anything is written), write the
     run's first files, and prepare model, optimizer, loader and schedule with Accelerate."""
     from accelerate import Accelerator
-    from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration
+    from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, TorchDynamoPlugin
     from transformers import get_constant_schedule, get_linear_schedule_with_warmup
 
     from .backbone import encoder_config, load_tokenizer
@@ -366,20 +382,30 @@ def start(cfg: TrainConfig, resume: bool, overwrite: bool, bundle=None) -> Sessi
     from .peft import build_model
 
     config = asdict(cfg)
+    out = runs.check_run_dir(cfg.out, config, resume=resume, overwrite=overwrite, defaults=config_defaults())
+    encoder_config(cfg.model)
+    tokenizer = load_tokenizer(cfg.model)
+    data = prepare_data(cfg, tokenizer, bundle)
+    # The Accelerator comes after the data: its dynamo plugin is fixed when it is made, and --compile auto
+    # needs the run's number of training batches.
+    compiled = compile_decision(cfg, planned_batches(cfg, len(data.train)))
+    dynamo = TorchDynamoPlugin(backend="inductor", dynamic=True) if compiled else None
+    if compiled:
+        # Inductor draws dropout masks with its own generator; falling back to torch's keeps the same seed's
+        # draws, so a compiled run reproduces the eager run's metrics (within bf16 rounding).
+        from torch._inductor import config as inductor_config
+
+        inductor_config.fallback_random = True
     # One process per device under `accelerate launch` / torchrun. split_batches: --batch-size stays the
     # global batch (each process takes its share), so a run means the same on any number of processes.
     accelerator = Accelerator(
         cpu=not torch.cuda.is_available(), mixed_precision="bf16" if cfg.bf16 else "no",
         log_with=None if cfg.log_with == "none" else cfg.log_with,
         project_config=ProjectConfiguration(project_dir=str(cfg.out), logging_dir=str(Path(cfg.out) / "logs")),
-        dataloader_config=DataLoaderConfiguration(split_batches=True),
+        dataloader_config=DataLoaderConfiguration(split_batches=True), dynamo_plugin=dynamo,
     )
     if cfg.batch_size % accelerator.num_processes:
         raise UserError(f"--batch-size {cfg.batch_size} must be divisible by the {accelerator.num_processes} processes")
-    out = runs.check_run_dir(cfg.out, config, resume=resume, overwrite=overwrite, defaults=config_defaults())
-    encoder_config(cfg.model)
-    tokenizer = load_tokenizer(cfg.model)
-    data = prepare_data(cfg, tokenizer, bundle)
     core = build_model(cfg.peft, data.bundle.num_labels, cfg.model, seed=cfg.seed, rank=cfg.lora_rank,
                        alpha=cfg.lora_alpha, dropout=cfg.lora_dropout, length=cfg.prompt_length,
                        bottleneck=cfg.adapter_size)
@@ -400,7 +426,21 @@ def start(cfg: TrainConfig, resume: bool, overwrite: bool, bundle=None) -> Sessi
     runs.keep_trainable_only(accelerator)
     if cfg.log_with != "none":
         accelerator.init_trackers("clearpeft", config={k: v for k, v in config.items() if v is not None})
-    return Session(cfg, accelerator, folder, data, core, model, optimizer, train_loader, scheduler)
+    # The no-gradient passes (eval mode, no autograd) are graphs of their own: the model compiled apart.
+    infer = torch.compile(core, **dynamo.to_kwargs()) if compiled else core
+    return Session(cfg, accelerator, folder, data, core, model, optimizer, train_loader, scheduler, infer, compiled)
+
+
+def planned_batches(cfg: TrainConfig, n_train: int) -> int:
+    """Training batches a run of ``n_train`` training samples plans (what --compile auto weighs)."""
+    return cfg.epochs * math.ceil(n_train / cfg.batch_size)
+
+
+def compile_decision(cfg: TrainConfig, planned_batches: int) -> bool:
+    """Whether the run compiles (--compile; auto: see COMPILE_BREAK_EVEN_BATCHES)."""
+    if cfg.compile != "auto":
+        return cfg.compile == "on"
+    return not torch.cuda.is_available() and cfg.bf16 and planned_batches > COMPILE_BREAK_EVEN_BATCHES
 
 
 def train_steps(s: Session, state: clear.CleaRState, plan: clear.EpochPlan, epoch: int, bar) -> dict:
@@ -467,7 +507,7 @@ def estimate(s: Session, state: clear.CleaRState, plan: clear.EpochPlan, epoch: 
     elif used or not cfg.no_dynamics:
         passes = cfg.ensemble if plan.routed else 1
         draws = torch.rand((passes, len(data.train), s.core.num_layers), generator=_generator(cfg.seed, epoch, 1))
-        ens, losses = routed_logits(s.core, data.train, cfg.eval_batch_size, data.pad_id, passes,
+        ens, losses = routed_logits(s.infer, data.train, cfg.eval_batch_size, data.pad_id, passes,
                                     clear.pass_gates(plan, state.p, cfg.gamma, draws, cfg.pass_gates), s.accelerator)
     else:
         ens = losses = None
@@ -498,8 +538,8 @@ def finish(s: Session, history: list[dict], train_seconds: float) -> dict:
     cfg, data = s.cfg, s.data
     if cfg.log_with != "none":
         s.accelerator.end_training()
-    report = label_issue_report(s.core, data, cfg, s.accelerator)
-    summary = summarize(cfg, data, history, s.core, train_seconds)
+    report = label_issue_report(s.infer, data, cfg, s.accelerator)
+    summary = {**summarize(cfg, data, history, s.core, train_seconds), "compiled": s.compiled}
     s.folder.finish(s.core, summary, report)  # every process: it ends on a barrier, so all may read the run
     s.folder.status(cfg.epochs - 1, "done")
     return summary
