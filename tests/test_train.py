@@ -261,9 +261,9 @@ def test_a_run_older_than_lr_schedule_resumes_as_linear():
 
 
 def test_clean_auto_is_plain_peft_until_the_losses_show_a_noisy_mode(tmp_path):
-    """clean-auto trains as plain PEFT (every module on, no consistency loss) in its first epoch and in every
-    epoch after a fit without a mode of wrong labels, and as CleaR after a fit with one; every epoch records the
-    fit's statistics and the decision for the next epoch."""
+    """clean-auto trains as plain PEFT (every module on, no consistency loss) in warm-up and in every epoch
+    after a fit without a mode of wrong labels, and routes as CleaR after a fit with one; every epoch records
+    the fit's statistics and the decision for the next epoch."""
     from clearpeft.routing import is_wrong_label_mode
 
     fast = dict(epochs=2, max_train_samples=128, max_eval_samples=64, eval_passes=0)  # the decision after epoch 1
@@ -275,7 +275,7 @@ def test_clean_auto_is_plain_peft_until_the_losses_show_a_noisy_mode(tmp_path):
         assert 0.0 <= row["flagged_rate"] <= 1.0
         wrong_labels = is_wrong_label_mode(row["loss_separation"], row["noisy_component_loss"], math.log(5))
         assert row["routing_stood_down"] == (not wrong_labels) == (row["estimated_noise_rate"] == 0.0)
-    assert auto[0]["routing_active"] is False and auto[0]["gate_mean_clean"] == 1.0  # no fit yet: all on
+    assert auto[0]["routing_active"] is False and auto[0]["gate_mean_clean"] == 1.0  # warm-up: all on
     for before, row in zip(auto, auto[1:]):
         assert row["routing_active"] == (not before["routing_stood_down"])
         assert (row["gate_mean_clean"] == 1.0) == before["routing_stood_down"]  # gates only after a noisy fit

@@ -41,10 +41,10 @@ class EpochPlan:
 
 def plan_epoch(routing: str, epoch: int, warmup_epochs: int, stood_down: bool) -> EpochPlan:
     """Warm-up epochs gate every module with probability γ; later epochs route by p (SPEC.md step 3).
-    clean-auto trains as plain PEFT whenever its last fit stood down, and before its first fit (routing.py)."""
+    clean-auto trains as plain PEFT in warm-up and whenever its last fit stood down (routing.py)."""
     routed = routing != "none"
     after_warmup = routed and epoch >= warmup_epochs
-    plain = not routed or (routing == "clean-auto" and stood_down)
+    plain = not routed or (routing == "clean-auto" and (stood_down or not after_warmup))
     return EpochPlan(routed, after_warmup, plain, routing if after_warmup else "random")
 
 

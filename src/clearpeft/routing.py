@@ -3,9 +3,9 @@
     p = CleanProbability(ema=0.9).fit(losses)               # 2-component GMM on the (smoothed) losses
     r = sample_gates("clean", p[batch_index], gamma, num_layers, generator)   # r ~ Bernoulli(γ·p)
 
-``clean-auto`` is CleaR with a guard (issue 21): every epoch whose preceding fit of the losses shows a mode of
-wrong labels is CleaR's (warm-up gates Bernoulli(γ) in warm-up, routing by p after it); every other epoch, the
-first included (no fit yet), trains as plain PEFT (every module on, no consistency loss). A mode of wrong labels
+``clean-auto`` is CleaR with a guard (issue 21): it trains as plain PEFT (every module on, no consistency
+loss; warm-up too: CleaR's warm-up gates, tried, lowered dev accuracy) until a fit of the losses shows a mode
+of wrong labels, and from then on routes as CleaR for every epoch whose fit shows one. A mode of wrong labels
 is a high-loss component that is (1) a mode of its own, Ashman's D of the two components above
 ``SEPARATION_THRESHOLD``, and (2) above chance level: its mean loss exceeds log K, the loss of the uniform guess,
 so the model gives its samples' labels less than 1/K and believes another label. A mode far apart from the

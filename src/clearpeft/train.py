@@ -2,7 +2,7 @@
 
 One epoch, in order:
   1. training steps: gates r ~ the epoch's plan (Bernoulli(γ) in warm-up, Bernoulli(γ·p) after it, none for
-     plain PEFT, nor for clean-auto after a fit without a mode of wrong labels); loss = CE(f(x; δ_r), ỹ) +
+     plain PEFT, nor for clean-auto until a fit shows a mode of wrong labels); loss = CE(f(x; δ_r), ỹ) +
      λ·CE_soft(f(x; δ_r)/T, f_ens(x)/T) once f_ens exists;
   2. the per-sample pass over the training set (eval mode, no gradient, N routed passes): per-sample loss,
      f_ens = mean logits, predictions for the training dynamics (--no-dynamics: only where CleaR uses it);
@@ -500,8 +500,8 @@ def estimate(s: Session, state: clear.CleaRState, plan: clear.EpochPlan, epoch: 
     CleaR uses the pass before every routed epoch; the other passes only measure (--no-dynamics skips them)."""
     cfg, data = s.cfg, s.data
     routes_next = plan.routed and epoch + 1 >= cfg.warmup_epochs
+    used = routes_next and epoch + 1 < cfg.epochs
     guarded = cfg.routing == "clean-auto"
-    used = (routes_next or guarded) and epoch + 1 < cfg.epochs  # clean-auto: every fit decides the next epoch
     if cfg.estimate_from == "train":  # no extra pass: what the steps saw (train mode, mid-epoch weights)
         ens, losses = steps["logits"], steps["losses"]
     elif used or not cfg.no_dynamics:
