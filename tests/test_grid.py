@@ -181,11 +181,17 @@ def test_clean_auto_cells_are_the_cpu_cells_with_the_guard():
 
     cpu = {r.cell.folder: r.config for r in load_grid(REPO / "experiments" / "cpu.yaml")}
     planned = load_grid(REPO / "experiments" / "clean_auto.yaml")
-    assert len(planned) == 16 and all(r.cell.routing == "clean-auto" for r in planned)
-    assert [r.cell.noise for r in planned[:8]] == ["clean"] * 8
+    guarded, seeds = planned[:16], planned[16:]
+    assert all(r.cell.routing == "clean-auto" and r.cell.seed == 0 for r in guarded)
+    assert [r.cell.noise for r in guarded[:8]] == ["clean"] * 8
+    # then seeds 1 and 2 of CleaR and clean-auto in the one cell where the guard fell below CleaR at seed 0
+    assert sorted((r.cell.routing, r.cell.seed) for r in seeds) == [("clean", 1), ("clean", 2), ("clean-auto", 1),
+                                                                    ("clean-auto", 2)]
+    assert {(r.cell.dataset, r.cell.noise, r.cell.method) for r in seeds} == {("banking77", "symmetric:0.6", "lora")}
     for run in planned:
-        clear = cpu[run.cell.folder.replace("clean-auto-reg1", "clean-reg1")]
-        assert replace(clear, routing="clean-auto", out=run.config.out) == run.config
+        folder = run.cell.folder.replace("clean-auto-reg1", "clean-reg1")
+        clear = cpu[folder[:folder.rindex("-s")] + "-s0"]
+        assert replace(clear, routing=run.cell.routing, seed=run.cell.seed, out=run.config.out) == run.config
 
 
 def test_speed_configs_are_the_cpu_cells_with_one_setting_changed():
