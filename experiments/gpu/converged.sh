@@ -2,7 +2,9 @@
 # One device call (issue 17): with SWEEP=1 the dev-scored sweep and the protocol it writes (the first session
 # did that: experiments/converged.yaml), else the committed protocol; then the converged grid in its
 # priority order, 14 runs at a time on one GPU, until DEADLINE seconds have passed; results come back as
-# tarballs in $OUT (run folders without weights and checkpoints). Expects the carried folder .gpu_carry/ with
+# tarballs in $OUT (run folders without weights and checkpoints). The grid writes into runs/gpu/grid (ignored,
+# so a warm device keeps its checkpoints and the same command run again resumes half-finished runs), seeded
+# with the cells already finished in results/converged-gpu. Expects the carried folder .gpu_carry/ with
 # data/ (a copy of ../shared/data) and minilm/ (the default backbone as a bf16 safetensors copy, loaded as fp32).
 #   SMOKE=1 OUT=/tmp/out bash experiments/gpu/converged.sh     # a 1-minute check on a CPU
 set -u
@@ -30,11 +32,14 @@ if [ -f $PROTOCOL ]; then
   # The GPU copy of the protocol reads the carried backbone.
   sed 's|^base:|base:\n  model: .gpu_carry/minilm|' $PROTOCOL > runs/gpu/converged-gpu.yaml
   [ "${SMOKE:-0}" = 1 ] && sed -i 's|^base:|base:\n  max_train_samples: 64\n  max_eval_samples: 64|; s|^  epochs: .*|  epochs: 2|; s|warmup_epochs: 3|warmup_epochs: 1|; s|^methods: .*|methods: [lora, full]|; s|^datasets: .*|datasets: [sst5]|; /^extra:/,$d' runs/gpu/converged-gpu.yaml
-  timeout --signal=TERM $(left) python3 -m clearpeft grid runs/gpu/converged-gpu.yaml --out $RES --workers $WORKERS 2>&1 \
+  GRID=runs/gpu/grid; mkdir -p $GRID
+  for d in $RES/*/; do [ "$(basename $d)" != unfinished ] && cp -rn $d $GRID/; done
+  timeout --signal=TERM $(left) python3 -m clearpeft grid runs/gpu/converged-gpu.yaml --out $GRID --workers $WORKERS 2>&1 \
     | grep -v Warning | tee -a $RES/grid.log
 fi
-sleep 3
+# the pool's workers outlive a TERM to the grid: stop them so nothing writes while this packs (or in a rerun)
+pkill -TERM -f spawn_main; sleep 3; pkill -KILL -f spawn_main
 tar czf $OUT/converged-gpu.tgz --exclude=checkpoints --exclude=weights --exclude=noisy_labels.csv \
   --exclude=clean_probs.csv --exclude=status.json $RES runs/gpu
-tar czf $OUT/clean-probs-gpu.tgz $(find $RES -name clean_probs.csv -o -name noisy_labels.csv) 2>/dev/null
+tar czf $OUT/clean-probs-gpu.tgz $(find $RES runs/gpu/grid -name clean_probs.csv -o -name noisy_labels.csv) 2>/dev/null
 ls -la $OUT
