@@ -131,8 +131,9 @@ def protocol_yaml(best: dict, budget: dict, args) -> str:
         "# within 0.5 point of its best, at least the reference code's 8 (" + ", ".join(
             f"{d}: plateau {b['plateau']}, E {b['epochs']}" for d, b in budget.items()) + ").",
         "# Warm-up k = 3, the paper's.",
-        "# Order: P1 (60% symmetric), P2 (clean), then P4 (SST-5 instance 60%, asymmetric 40%) as extra cells;",
-        "# P3 is seeds: [0, 1, 2] once P1 and P2 are in.",
+        "# Order: P1 (60% symmetric) and P2 (clean) from the axes, then the extra cells: P3 (seeds 1 and 2 of P1's",
+        "# PEFT cells), issue 21's clean-auto cells and P4 (SST-5 instance 60%, asymmetric 40%). The grid runs seed 0",
+        "# first, so experiments/gpu/converged.sh drops the seed-0 extras from its copy until P3 is in.",
         "",
         "base:",
         f"  epochs: {epochs}",
@@ -159,6 +160,9 @@ def protocol_yaml(best: dict, budget: dict, args) -> str:
     lines += [
         "",
         "extra:",
+        "  # P3: two more seeds of P1's PEFT and CleaR-PEFT cells",
+        "  - {dataset: [sst5, banking77], noise: symmetric:0.6, method: [lora, adapter, bitfit, prompt],",
+        "     routing: [none, clean], seed: [1, 2]}",
         "  # issue 21: CleaR with the stand-down guard, on the P1 and P2 settings",
         "  - {dataset: [sst5, banking77], noise: [symmetric:0.6, clean], method: [lora, adapter, bitfit, prompt],",
         "     routing: clean-auto}",

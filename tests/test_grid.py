@@ -162,7 +162,7 @@ def test_converged_protocol_is_the_papers_regime_with_the_dev_choices():
     """experiments/converged.yaml (written by experiments/lr_sweep_full.py): full training sets, constant rate,
     the dev-chosen rate per data set and method and E per data set; P1 (60% symmetric) first, then P2 (clean)."""
     planned = load_grid(REPO / "experiments" / "converged.yaml")
-    assert len(planned) == 70
+    assert len(planned) == 102
     with open(REPO / "results" / "lr_sweep_full.csv", newline="") as handle:
         chosen = {(r["dataset"], r["method"]): float(r["lr"]) for r in csv.DictReader(handle)
                   if r["chosen"] == "True" and r["phase"] == "confirm"}
@@ -174,6 +174,13 @@ def test_converged_protocol_is_the_papers_regime_with_the_dev_choices():
         assert c.lr == chosen[(run.cell.dataset, run.cell.method)]
     assert [r.cell.noise for r in planned[:18]] == ["symmetric:0.6"] * 18
     assert [r.cell.noise for r in planned[18:36]] == ["clean"] * 18
+    # P3, last because the grid runs seed 0 first: seeds 1 and 2 of P1's 16 PEFT and CleaR-PEFT cells
+    p1 = sorted((r.cell.dataset, r.cell.method, r.cell.routing) for r in planned[:18] if r.cell.method != "full")
+    for seed in (1, 2):
+        p3 = [r for r in planned[70:] if r.cell.seed == seed]
+        assert sorted((r.cell.dataset, r.cell.method, r.cell.routing) for r in p3) == p1 and len(p1) == 16
+        assert {r.cell.noise for r in p3} == {"symmetric:0.6"}
+    assert len(planned[70:]) == 32
 
 
 def test_clean_auto_cells_are_the_cpu_cells_with_the_guard():
