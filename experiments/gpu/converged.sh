@@ -41,14 +41,17 @@ s['extra'] = [e for e in s.get('extra') or [] if 'seed' in e] or None
 if s['extra'] is None: del s['extra']
 yaml.safe_dump(s, open('runs/gpu/converged-gpu-p123.yaml', 'w'), sort_keys=False)"
   for protocol in runs/gpu/converged-gpu-p123.yaml runs/gpu/converged-gpu.yaml; do
-    [ $(left) -gt 30 ] && timeout --signal=TERM $(left) python3 -m clearpeft grid $protocol --out $GRID \
-      --workers $WORKERS 2>&1 | grep -v Warning | tee -a $RES/grid.log
+    [ $(left) -gt 30 ] || break
+    # a process group of its own: the pool's workers outlive a TERM to the grid, so the whole group is
+    # stopped before packing (and before a rerun resumes), and nothing else on the machine is touched
+    setsid bash -c "timeout --signal=TERM $(left) python3 -m clearpeft grid $protocol --out $GRID \
+      --workers $WORKERS 2>&1 | grep -v Warning | tee -a $RES/grid.log" &
+    group=$!; wait $group
+    kill -TERM -- -$group 2>/dev/null; sleep 3; kill -KILL -- -$group 2>/dev/null
   done
   python3 -c "from pathlib import Path; from clearpeft.study.grid import load_grid, write_results
 write_results(Path('$GRID'), load_grid('runs/gpu/converged-gpu.yaml'))"
 fi
-# the pool's workers outlive a TERM to the grid: stop them so nothing writes while this packs (or in a rerun)
-pkill -TERM -f spawn_main; sleep 3; pkill -KILL -f spawn_main
 tar czf $OUT/converged-gpu.tgz --exclude=checkpoints --exclude=weights --exclude=noisy_labels.csv \
   --exclude=clean_probs.csv --exclude=status.json $RES runs/gpu
 tar czf $OUT/clean-probs-gpu.tgz $(find $RES runs/gpu/grid -name clean_probs.csv -o -name noisy_labels.csv) 2>/dev/null
