@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One device call (issue 17): with SWEEP=1 the dev-scored sweep and the protocol it writes (the first session
 # did that: experiments/converged.yaml), else the committed protocol; then the converged grid in its
-# priority order, 14 runs at a time on one GPU, until DEADLINE seconds have passed; results come back as
+# priority order, 16 runs at a time on one GPU (one per core), until DEADLINE seconds have passed; results come back as
 # tarballs in $OUT (run folders without weights and checkpoints). The grid writes into runs/gpu/grid (ignored,
 # so a warm device keeps its checkpoints and the same command run again resumes half-finished runs), seeded
 # with the cells already finished in results/converged-gpu. Expects the carried folder .gpu_carry/ with
@@ -10,7 +10,7 @@
 set -u
 export PYTHONPATH=$PWD/src PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 export CLEARPEFT_DATA=$PWD/.gpu_carry/data
-DEADLINE=${DEADLINE:-540}; WORKERS=${WORKERS:-14}; START=$(date +%s)
+DEADLINE=${DEADLINE:-540}; WORKERS=${WORKERS:-16}; START=$(date +%s)
 RES=results/converged-gpu; SWEEP_ARGS=(--rank-epochs 3 --confirm-epochs 15)
 [ "${SMOKE:-0}" = 1 ] && RES=runs/gpu-smoke SWEEP_ARGS=(--rank-epochs 1 --confirm-epochs 2 --max-train-samples 64 \
   --max-eval-samples 64 --methods lora,full --datasets sst5)
