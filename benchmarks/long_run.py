@@ -2,7 +2,7 @@
 eager, then compiled twice, each in a fresh process (issue 18). Not a test: only the ratios of one invocation
 mean something on a shared machine.
 
-    python benchmarks/long_run.py [--epochs 3] [--max-train-samples N] [--cache-dir DIR]
+    python benchmarks/long_run.py [--epochs 3] [--max-train-samples N] [--cache-dir DIR] [--model M]
 
 The first compiled run fills Inductor's on-disk cache (a fresh --cache-dir, default a temporary folder); the
 second is what every later run of a grid costs. Prints one JSON line: eager_s, compiled_cold_s, compiled_s
@@ -10,7 +10,10 @@ second is what every later run of a grid costs. Prints one JSON line: eager_s, c
 compile_seconds_first / compile_seconds_second (Dynamo's and Inductor's own compile time in each compiled
 run), graphs (distinct graphs Dynamo compiled in the second), mfu_eager / mfu_compiled (training FLOP/s of the
 steps of the routed epochs over the bf16 peak of a 2048x2048 matmul measured in the same process), rss_mb_eager /
-rss_mb_compiled (peak resident memory) and test_acc_eager / test_acc_compiled (per epoch).
+rss_mb_compiled (peak resident memory) and test_acc_eager / test_acc_compiled (per epoch); also device,
+gpu_mb_eager / gpu_mb_compiled (peak allocated GPU memory, on a GPU) and the seconds of each epoch's phases
+(steps, pass, evaluation) in each run. On a GPU (benchmarks/gpu/long_run.sh) the runs use it; the peak is then an
+8192x8192 bf16 matmul.
 """
 
 from __future__ import annotations
@@ -38,7 +41,8 @@ def child(spec: dict) -> dict:
     from clearpeft.train import TrainConfig, train
 
     cfg = TrainConfig(**spec)
-    peak = peak_matmul_flops(torch.bfloat16)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    peak = peak_matmul_flops(torch.bfloat16, device=device)
     started = time.perf_counter()
     summary = train(cfg, overwrite=True, progress=False, log=lambda *a, **k: None)
     wall = time.perf_counter() - started
@@ -56,6 +60,9 @@ def child(spec: dict) -> dict:
             "graphs": int(counters["stats"]["unique_graphs"]),
             "mfu": round(flops_per_epoch / step_seconds / peak, 3),
             "rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+            "gpu_mb": round(torch.cuda.max_memory_allocated() / 2**20) if device == "cuda" else None,
+            "device": torch.cuda.get_device_name() if device == "cuda" else f"cpu ({torch.get_num_threads()} threads)",
+            "phases": [[round(r[k], 1) for k in ("step_seconds", "pass_seconds", "eval_seconds")] for r in rows],
             "test_acc": [round(r["test_acc"], 4) for r in rows]}
 
 
@@ -71,6 +78,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--max-train-samples", type=int, help="a subset (a quick look; the target is full data)")
     parser.add_argument("--cache-dir", help="Inductor's cache folder (default: a fresh temporary one)")
+    parser.add_argument("--model", help="backbone (default: the default backbone)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -79,7 +87,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         cache = args.cache_dir or f"{tmp}/inductor-cache"
         base = {"dataset": "sst5", "peft": "lora", "routing": "clean", "epochs": args.epochs, "warmup_epochs": 1,
-                "bf16": True, "seed": 0, "max_train_samples": args.max_train_samples}
+                "bf16": True, "seed": 0, "max_train_samples": args.max_train_samples,
+                **({"model": args.model} if args.model else {})}
         eager = run_child({**base, "compile": "off", "out": f"{tmp}/eager"}, cache)
         cold = run_child({**base, "compile": "on", "out": f"{tmp}/cold"}, cache)
         warm = run_child({**base, "compile": "on", "out": f"{tmp}/warm"}, cache)
@@ -91,6 +100,8 @@ def main() -> None:
         "graphs": warm["graphs"], "mfu_eager": eager["mfu"], "mfu_compiled": warm["mfu"],
         "rss_mb_eager": eager["rss_mb"], "rss_mb_compiled": warm["rss_mb"],
         "test_acc_eager": eager["test_acc"], "test_acc_compiled": warm["test_acc"],
+        "device": warm["device"], "gpu_mb_eager": eager["gpu_mb"], "gpu_mb_compiled": warm["gpu_mb"],
+        "phases_eager": eager["phases"], "phases_cold": cold["phases"], "phases_compiled": warm["phases"],
     }), flush=True)
 
 

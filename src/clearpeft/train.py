@@ -45,10 +45,11 @@ FIT_FIELDS = ("estimated_noise_rate", "high_loss_weight", "flagged_rate", "loss_
 
 
 # --compile auto: a bf16 run on a CPU compiles when it plans more training batches than this. Measured on this
-# 2-core CPU (benchmarks/long_run.py, full-data SST-5 CleaR-LoRA, bf16): a compiled epoch takes ~14 s less than
-# eager (steps 0.85x, passes 0.93x, evaluation 0.9x) and the run's five graphs ~75 s to compile with a warm
-# Inductor cache (~160 s cold): ~5.4 SST-5 epochs, ~1,450 batches, to repay. cpu.yaml runs plan 750 batches, the
-# converged protocol's 2,670-3,100. Not measured on a GPU, so auto does not compile there.
+# 2-core CPU (benchmarks/long_run.py, full-data SST-5 CleaR-LoRA, bf16, 2026-11-27): a compiled routed epoch
+# takes ~15 s (11%) less than eager, ~0.055 s per batch; the five graphs take ~27 s to compile with a warm
+# Inductor cache (repaid in ~500 batches: every run of a grid after the first) and ~180 s cold (~3,300 batches:
+# the first). 1,500 lies between: the converged protocol's runs (2,670-3,100 batches, a grid) compile, cpu.yaml's
+# (750) and smoke runs do not. Not measured on a GPU, so auto does not compile there.
 COMPILE_BREAK_EVEN_BATCHES = 1500
 
 
@@ -119,7 +120,7 @@ class TrainConfig:
     prompt_length: int = option(20, "prefix-tuning virtual tokens per layer")
     adapter_size: int = option(16, "Houlsby adapter bottleneck size")
     bf16: bool = option(False, "bf16 autocast (CPU with AVX-512 BF16, or GPU)")
-    compile: str = option("auto", "torch.compile the model (training steps, and apart the no-gradient passes): on "
+    compile: str = option("auto", "torch.compile the encoder (training steps, no-gradient passes, evaluation): on "
                                   "| off | auto = on a CPU for bf16 runs of more than "
                                   f"{COMPILE_BREAK_EVEN_BATCHES} planned training batches, where the faster steps "
                                   "repay the compile time (benchmarks/long_run.py); off on a GPU (not measured "
@@ -289,7 +290,7 @@ def library_versions() -> dict[str, str]:
 class Session:
     """A started run: the accelerator, the run folder, the data, and the prepared model, optimizer, loader and
     schedule. ``core`` is the model itself (RoutedClassifier), ``model`` what Accelerate wrapped around it (for
-    the training steps), ``infer`` what the no-gradient passes call (``core``, or it compiled apart)."""
+    the training steps; the no-gradient passes call ``core``)."""
 
     cfg: TrainConfig
     accelerator: object
@@ -300,7 +301,6 @@ class Session:
     optimizer: object
     loader: object
     scheduler: object
-    infer: object
     compiled: bool
 
 
@@ -349,7 +349,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False, pr
         # Phase 3: evaluation.
         eval_started = time.perf_counter()
         s.folder.status(epoch, "eval")
-        row.update(evaluate(s.infer, s.data, cfg, epoch, s.accelerator))
+        row.update(evaluate(s.core, s.data, cfg, epoch, s.accelerator))
         row["step_seconds"], row["pass_seconds"] = step_seconds, pass_seconds
         row["eval_seconds"] = time.perf_counter() - eval_started
         row["epoch_seconds"] = time.perf_counter() - started
@@ -373,7 +373,7 @@ def start(cfg: TrainConfig, resume: bool, overwrite: bool, bundle=None) -> Sessi
     """Check the run folder, load data and model (bad input fails here, before anything is written), write the
     run's first files, and prepare model, optimizer, loader and schedule with Accelerate."""
     from accelerate import Accelerator
-    from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, TorchDynamoPlugin
+    from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration
     from transformers import get_constant_schedule, get_linear_schedule_with_warmup
 
     from .backbone import encoder_config, load_tokenizer
@@ -386,23 +386,14 @@ def start(cfg: TrainConfig, resume: bool, overwrite: bool, bundle=None) -> Sessi
     encoder_config(cfg.model)
     tokenizer = load_tokenizer(cfg.model)
     data = prepare_data(cfg, tokenizer, bundle)
-    # The Accelerator comes after the data: its dynamo plugin is fixed when it is made, and --compile auto
-    # needs the run's number of training batches.
     compiled = compile_decision(cfg, planned_batches(cfg, len(data.train)))
-    dynamo = TorchDynamoPlugin(backend="inductor", dynamic=True) if compiled else None
-    if compiled:
-        # Inductor draws dropout masks with its own generator; falling back to torch's keeps the same seed's
-        # draws, so a compiled run reproduces the eager run's metrics (within bf16 rounding).
-        from torch._inductor import config as inductor_config
-
-        inductor_config.fallback_random = True
     # One process per device under `accelerate launch` / torchrun. split_batches: --batch-size stays the
     # global batch (each process takes its share), so a run means the same on any number of processes.
     accelerator = Accelerator(
         cpu=not torch.cuda.is_available(), mixed_precision="bf16" if cfg.bf16 else "no",
         log_with=None if cfg.log_with == "none" else cfg.log_with,
         project_config=ProjectConfiguration(project_dir=str(cfg.out), logging_dir=str(Path(cfg.out) / "logs")),
-        dataloader_config=DataLoaderConfiguration(split_batches=True), dynamo_plugin=dynamo,
+        dataloader_config=DataLoaderConfiguration(split_batches=True),
     )
     if cfg.batch_size % accelerator.num_processes:
         raise UserError(f"--batch-size {cfg.batch_size} must be divisible by the {accelerator.num_processes} processes")
@@ -426,9 +417,34 @@ def start(cfg: TrainConfig, resume: bool, overwrite: bool, bundle=None) -> Sessi
     runs.keep_trainable_only(accelerator)
     if cfg.log_with != "none":
         accelerator.init_trackers("clearpeft", config={k: v for k, v in config.items() if v is not None})
-    # The no-gradient passes (eval mode, no autograd) are graphs of their own: the model compiled apart.
-    infer = torch.compile(core, **dynamo.to_kwargs()) if compiled else core
-    return Session(cfg, accelerator, folder, data, core, model, optimizer, train_loader, scheduler, infer, compiled)
+    if compiled:
+        compile_inner_model(core)
+    return Session(cfg, accelerator, folder, data, core, model, optimizer, train_loader, scheduler, compiled)
+
+
+def compile_inner_model(core) -> None:
+    """--compile: compile the encoder with its PEFT modules and gate hooks (``core.model``) in place, so parameter
+    names, checkpoints and the 2-process wrapper stay as they are.
+
+    Not through Accelerate's TorchDynamoPlugin: that compiles the model around the autocast wrapper Accelerate
+    puts on ``forward``, so every graph holds an ``_enter_autocast`` call, and AOTAutograd's on-disk cache
+    refuses such graphs (torch 2.13: "Unsupported call_function target _enter_autocast"): with a warm cache
+    every run still re-ran AOTAutograd's tracing and partitioning (2-epoch 128-sample SST-5 CleaR-LoRA run,
+    bf16, one thread: 63 s of warm-cache compiling that way, 46 s this way).
+    Compiled one level down, autocast is the ambient state the graphs are guarded on. Training steps, the
+    no-gradient passes and evaluation call the same module and get graphs of their own (grad mode and
+    train/eval mode are guarded). Dynamic shapes: one graph serves every length bucket."""
+    from torch._dynamo import config as dynamo_config
+    from torch._inductor import config as inductor_config
+
+    # A float Dynamo would otherwise trace as a symbol fails Inductor's tensorify pass and restarts the trace
+    # of two graphs; the model's floats (dropout p, LoRA scaling) are constants, so specializing them costs no
+    # recompiles. Same 128-sample run: warm-cache compile 46 s -> 20 s, cold 182 s -> 142 s.
+    dynamo_config.specialize_float = True
+    # Inductor draws dropout masks with its own generator; falling back to torch's keeps the same seed's draws,
+    # so a compiled run reproduces the eager run's metrics (within bf16 rounding).
+    inductor_config.fallback_random = True
+    core.model.compile(backend="inductor", dynamic=True)
 
 
 def planned_batches(cfg: TrainConfig, n_train: int) -> int:
@@ -507,7 +523,7 @@ def estimate(s: Session, state: clear.CleaRState, plan: clear.EpochPlan, epoch: 
     elif used or not cfg.no_dynamics:
         passes = cfg.ensemble if plan.routed else 1
         draws = torch.rand((passes, len(data.train), s.core.num_layers), generator=_generator(cfg.seed, epoch, 1))
-        ens, losses = routed_logits(s.infer, data.train, cfg.eval_batch_size, data.pad_id, passes,
+        ens, losses = routed_logits(s.core, data.train, cfg.eval_batch_size, data.pad_id, passes,
                                     clear.pass_gates(plan, state.p, cfg.gamma, draws, cfg.pass_gates), s.accelerator)
     else:
         ens = losses = None
@@ -538,7 +554,7 @@ def finish(s: Session, history: list[dict], train_seconds: float) -> dict:
     cfg, data = s.cfg, s.data
     if cfg.log_with != "none":
         s.accelerator.end_training()
-    report = label_issue_report(s.infer, data, cfg, s.accelerator)
+    report = label_issue_report(s.core, data, cfg, s.accelerator)
     summary = {**summarize(cfg, data, history, s.core, train_seconds), "compiled": s.compiled}
     s.folder.finish(s.core, summary, report)  # every process: it ends on a barrier, so all may read the run
     s.folder.status(cfg.epochs - 1, "done")
