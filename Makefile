@@ -23,7 +23,7 @@ demo: setup
 	    --epochs 10 --warmup-epochs 3 --seed 0 --out runs/demo --overwrite
 
 test: setup
-	$(BIN)/python -m pytest -q --durations=15
+	$(BIN)/python -m pytest -q -n 2 --durations=20
 
 test-fast: setup
 	$(BIN)/python -m pytest -q -m "not slow"

@@ -7,6 +7,13 @@ import pytest
 
 # Before anything imports transformers or datasets, which read these at import time.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # `make test` runs two workers on this 2-core machine: one thread each (and in the processes tests start),
+    # not two each fighting over the cores.
+    os.environ["OMP_NUM_THREADS"] = "1"
+    import torch
+
+    torch.set_num_threads(1)
 DATA_DIR = Path(os.environ.get("CLEARPEFT_DATA") or Path(__file__).parents[2] / "shared" / "data")
 if DATA_DIR.is_dir():
     # Tests that load "sst5" by name without a data_dir find the local copy instead of the hub.
