@@ -2,13 +2,17 @@
 compiled (`torch.compile(dynamic=True)`), on the same real length-bucketed SST-5 batches, side by side in one
 run. Not a test: only the ratios measured here mean something.
 
-    python benchmarks/compile_time.py [--methods lora,bitfit] [--batches 30] [--bf16]
+    python benchmarks/compile_time.py [--methods lora,bitfit] [--batches 30] [--bf16] [--static 16]
 
 Prints one JSON line per method: first_pass_s (compiled, compile time included, over --batches batches),
 eager_s and compiled_s (a second pass over the same batches, graphs cached), compiled_over_eager (steady
 state), compile_overhead_s (first pass minus steady pass), and break_even_batches: how many batches the steady
 saving needs to repay the compile time (an SST-5 epoch has 267 batches of 32, BANKING77 282). Every new batch
 length may compile again, so the first pass covers the lengths of a real epoch's first batches.
+
+--static M adds a second compiled model per method, with static shapes (`dynamic=False`) on the same batches
+padded to a multiple of M tokens (one graph per padded length; the line says how many): the other way to bound
+the number of graphs. Its compiled_over_eager is against the same eager pass on the unpadded batches.
 """
 
 from __future__ import annotations
@@ -49,7 +53,9 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=30)
     parser.add_argument("--bf16", action="store_true")
     parser.add_argument("--model", default="default")
+    parser.add_argument("--static", type=int, help="also compile with static shapes, lengths padded to a multiple")
     args = parser.parse_args()
+    torch._dynamo.config.specialize_float = True  # as --compile sets it (train.compile_inner_model)
     data = load_data("sst5", os.environ.get("CLEARPEFT_DATA"))
     tokenizer = load_tokenizer(args.model)
     split = encode(tokenizer, data.train.texts, data.train.labels, 128)
@@ -74,6 +80,31 @@ def main() -> None:
             "compile_overhead_s": round(first - compiled_s, 2),
             "break_even_batches": round((first - compiled_s) / saving) if saving > 0 else None,
         }), flush=True)
+        if args.static:
+            torch._dynamo.reset()
+            torch._dynamo.config.recompile_limit = 64  # one graph per padded length
+            padded = [pad_to_multiple(b, args.static, tokenizer.pad_token_id) for b in batches]
+            static = build_model(method, data.num_labels, args.model, seed=0).train()
+            static_forward = torch.compile(static, dynamic=False)
+            first = timed_pass(static, static_forward, padded, args.bf16)
+            static_s = timed_pass(static, static_forward, padded, args.bf16)
+            saving = (eager_s - static_s) / len(batches)
+            print(json.dumps({
+                "method": method, "bf16": args.bf16, "shapes": f"static, padded to a multiple of {args.static}",
+                "graphs": len({int(b["input_ids"].shape[1]) for b in padded}),
+                "first_pass_s": round(first, 2), "eager_s": round(eager_s, 2), "compiled_s": round(static_s, 2),
+                "compiled_over_eager": round(static_s / eager_s, 3),
+                "compile_overhead_s": round(first - static_s, 2),
+                "break_even_batches": round((first - static_s) / saving) if saving > 0 else None,
+            }), flush=True)
+
+
+def pad_to_multiple(batch: dict, multiple: int, pad_id: int) -> dict:
+    """The batch with input_ids and attention_mask padded on the right to a multiple of ``multiple`` tokens."""
+    extra = -batch["input_ids"].shape[1] % multiple
+    pad = torch.nn.functional.pad
+    return {**batch, "input_ids": pad(batch["input_ids"], (0, extra), value=pad_id),
+            "attention_mask": pad(batch["attention_mask"], (0, extra), value=0)}
 
 
 if __name__ == "__main__":
