@@ -31,7 +31,7 @@ def test_a_compiled_run_reproduces_the_eager_run(tmp_path, monkeypatch):
     """fp32, so that only the order of float operations differs: Inductor fuses them, and its dropout masks come
     from torch's generator (fallback_random), so the same seed draws the same masks. No warm-up epoch: routed
     from the start, the run compiles three graphs (gated steps, gated passes, evaluation without gates) instead
-    of four, which saves a cold compile of about 40 s."""
+    of four: one cold compile fewer."""
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor-cache"))
     base = dict(dataset="sst5", peft="lora", routing="clean", noise="symmetric:0.6", epochs=2, warmup_epochs=0,
                 max_train_samples=64, max_eval_samples=64, batch_size=16, eval_passes=1, seed=0)
