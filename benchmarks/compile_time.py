@@ -71,14 +71,10 @@ def main() -> None:
         first = timed_pass(compiled, compiled_forward, batches, args.bf16)
         eager_s = timed_pass(eager, eager, batches, args.bf16)
         compiled_s = timed_pass(compiled, compiled_forward, batches, args.bf16)
-        saving = (eager_s - compiled_s) / len(batches)
         print(json.dumps({
             "method": method, "bf16": args.bf16, "batches": len(batches),
-            "lengths": sorted({int(b["input_ids"].shape[1]) for b in batches}).__len__(),
-            "first_pass_s": round(first, 2), "eager_s": round(eager_s, 2), "compiled_s": round(compiled_s, 2),
-            "compiled_over_eager": round(compiled_s / eager_s, 3),
-            "compile_overhead_s": round(first - compiled_s, 2),
-            "break_even_batches": round((first - compiled_s) / saving) if saving > 0 else None,
+            "lengths": len({int(b["input_ids"].shape[1]) for b in batches}),
+            **timings(first, eager_s, compiled_s, len(batches)),
         }), flush=True)
         if args.static:
             torch._dynamo.reset()
@@ -88,15 +84,19 @@ def main() -> None:
             static_forward = torch.compile(static, dynamic=False)
             first = timed_pass(static, static_forward, padded, args.bf16)
             static_s = timed_pass(static, static_forward, padded, args.bf16)
-            saving = (eager_s - static_s) / len(batches)
             print(json.dumps({
                 "method": method, "bf16": args.bf16, "shapes": f"static, padded to a multiple of {args.static}",
                 "graphs": len({int(b["input_ids"].shape[1]) for b in padded}),
-                "first_pass_s": round(first, 2), "eager_s": round(eager_s, 2), "compiled_s": round(static_s, 2),
-                "compiled_over_eager": round(static_s / eager_s, 3),
-                "compile_overhead_s": round(first - static_s, 2),
-                "break_even_batches": round((first - static_s) / saving) if saving > 0 else None,
+                **timings(first, eager_s, static_s, len(batches)),
             }), flush=True)
+
+
+def timings(first: float, eager_s: float, compiled_s: float, batches: int) -> dict:
+    """The JSON fields of one compiled model against eager: ratio, compile overhead and its break-even."""
+    saving = (eager_s - compiled_s) / batches
+    return {"first_pass_s": round(first, 2), "eager_s": round(eager_s, 2), "compiled_s": round(compiled_s, 2),
+            "compiled_over_eager": round(compiled_s / eager_s, 3), "compile_overhead_s": round(first - compiled_s, 2),
+            "break_even_batches": round((first - compiled_s) / saving) if saving > 0 else None}
 
 
 def pad_to_multiple(batch: dict, multiple: int, pad_id: int) -> dict:
