@@ -119,12 +119,14 @@ def fit(data: Any, labels: Any = None, *, test: Any = None, text_column: str = "
     lists); without it an in-memory run has no test metrics. ``options``: TrainConfig fields, e.g. peft="lora",
     routing="clean", noise="symmetric:0.4", epochs=10. Bad input raises a one-line ``UserError``.
     """
-    from .train import TrainConfig, train
+    from .config import TrainConfig
+    from .train import train
 
     known = {f.name for f in fields(TrainConfig)} - {"out", "dataset", "text_column", "label_column"}
     unknown = sorted(set(options) - known)
     if unknown:
         raise UserError(f"fit() got unknown option(s) {', '.join(unknown)}: see clearpeft train --help")
+    TrainConfig.from_mapping(options, "fit()").resolved()  # bad options fail here, before any data is read
     bundle = None
     if isinstance(data, (str, Path)):  # a registered name or a local file, as --dataset (and --test-file)
         if labels is not None:
@@ -135,7 +137,8 @@ def fit(data: Any, labels: Any = None, *, test: Any = None, text_column: str = "
     else:
         bundle = in_memory_bundle(data, labels, test, text_column, label_column)
         dataset = f"in-memory:{bundle_digest(bundle)}"  # a resume with other data is refused (config differs)
-    cfg = TrainConfig(dataset=dataset, text_column=text_column, label_column=label_column, out=str(out), **options)
+    cfg = TrainConfig.from_mapping({**options, "dataset": dataset, "text_column": text_column,
+                                    "label_column": label_column, "out": str(out)}, "fit()")
     train(cfg, resume=resume, overwrite=overwrite, progress=progress, log=log, data=bundle)
     return Run(out)
 

@@ -17,8 +17,8 @@ class _Parser(argparse.ArgumentParser):
 
 def _dataset_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", help=_field_help("data_dir"))
-    p.add_argument("--text-column", default="text", help=_field_help("text_column"))
-    p.add_argument("--label-column", default="label", help=_field_help("label_column"))
+    p.add_argument("--text-column", default=_field_default("text_column"), help=_field_help("text_column"))
+    p.add_argument("--label-column", default=_field_default("label_column"), help=_field_help("label_column"))
     p.add_argument("--test-file", help=_field_help("test_file").replace("%", "%%"))
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
@@ -117,8 +117,8 @@ def cmd_methods(args) -> int:
 
 
 def _train_config(args):
-    """Defaults, then the YAML file, then the flags given on the command line."""
-    from .train import TrainConfig
+    """Defaults, then the YAML file, then the flags given on the command line, each checked as its field says."""
+    from .config import TrainConfig
 
     values = {}
     if args.config:
@@ -130,15 +130,10 @@ def _train_config(args):
             raise UserError(f"cannot read config {args.config}: {str(exc).splitlines()[0]}") from exc
         if not isinstance(loaded, dict):
             raise UserError(f"config {args.config} must be a mapping of option: value")
-        values.update({k.replace("-", "_"): v for k, v in loaded.items()})
+        values = {str(k).replace("-", "_"): v for k, v in loaded.items()}
+        TrainConfig.from_mapping(values, f"config {args.config}")  # names the file in its errors
     values.update({k: v for k, v in vars(args).items() if k in TrainConfig.field_names()})
-    unknown = sorted(set(values) - set(TrainConfig.field_names()))
-    if unknown:
-        raise UserError(f"unknown option(s) in {args.config}: {', '.join(unknown)}")
-    try:
-        return TrainConfig(**values)
-    except TypeError as exc:
-        raise UserError(f"bad config: {exc}") from exc
+    return TrainConfig.from_mapping(values)
 
 
 def cmd_train(args) -> int:
@@ -230,29 +225,32 @@ def cmd_report(args) -> int:
 def _field_help(name: str) -> str:
     from dataclasses import fields
 
-    from .train import TrainConfig
+    from .config import TrainConfig
 
     return next(f.metadata["help"] for f in fields(TrainConfig) if f.name == name)
 
 
+def _field_default(name: str):
+    from .config import config_defaults
+
+    return config_defaults()[name]
+
+
 def _add_train_options(p: argparse.ArgumentParser) -> None:
-    """One flag per TrainConfig field, with its help, type and default from the field itself."""
-    import typing
+    """One flag per TrainConfig field, with its help and default from the field itself. Values stay text here:
+    TrainConfig.from_mapping converts and checks them, as it does a YAML file's."""
     from dataclasses import fields
 
+    from .config import TrainConfig, flag
     from .peft import METHODS, TRAINING_DEFAULTS
-    from .train import TrainConfig
 
-    hints = typing.get_type_hints(TrainConfig)
     for f in fields(TrainConfig):
-        flag, text = "--" + f.name.replace("_", "-"), f.metadata["help"].replace("%", "%%")
-        choices = f.metadata["choices"]
-        if choices and not all(c in text for c in choices):
-            text = f"{' | '.join(choices)}: {text}"
+        text, constraint = f.metadata["help"].replace("%", "%%"), f.metadata["constraint"]
+        if isinstance(constraint, tuple) and not all(c in text for c in constraint):
+            text = f"{' | '.join(constraint)}: {text}"
         if isinstance(f.default, bool):
-            p.add_argument(flag, action="store_true", default=argparse.SUPPRESS, help=text)
+            p.add_argument(flag(f.name), action="store_true", default=argparse.SUPPRESS, help=text)
             continue
-        kind = next(t for t in (typing.get_args(hints[f.name]) or (hints[f.name],)) if t is not type(None))
         if f.metadata["per_method"]:
             own = {m: METHODS[m][0].training_defaults[f.name] for m in METHODS
                    if f.name in METHODS[m][0].training_defaults}
@@ -262,7 +260,7 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
             text += f" (default per method: {default})"
         elif f.default is not None:
             text += f" (default: {f.default})"
-        p.add_argument(flag, type=kind, default=argparse.SUPPRESS, help=text)
+        p.add_argument(flag(f.name), default=argparse.SUPPRESS, help=text)
     p.add_argument("--config", help="YAML file of options; flags given here override it")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     p.add_argument("--overwrite", action="store_true", help="replace the run in --out")

@@ -20,7 +20,7 @@ import csv
 import io
 import math
 import time
-from dataclasses import MISSING, asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -28,11 +28,11 @@ import torch
 import torch.nn.functional as F
 
 from . import clear, runs
+from .config import COMPILE_BREAK_EVEN_BATCHES, TrainConfig, config_defaults
 from .errors import UserError
 from .label_issues import label_issue_flags
 from .metrics import accuracy, detection_quality, summarize_curve, training_dynamics
-from .peft import METHODS, training_defaults
-from .routing import STRATEGIES, CleanProbability, gates_from_draws
+from .routing import CleanProbability, gates_from_draws
 
 # Fields of a metrics.jsonl line that differ between identical runs (wall-clock times).
 TIMING_FIELDS = frozenset({"epoch_seconds", "step_seconds", "pass_seconds", "eval_seconds", "eval_routed_seconds"})
@@ -42,142 +42,6 @@ DYNAMICS_FIELDS = ("clean_learning", "noisy_memorization", "noisy_correction", "
 # What each epoch's clean-probability fit says about the noise (routing.CleanProbability.fit_stats).
 FIT_FIELDS = ("estimated_noise_rate", "high_loss_weight", "flagged_rate", "loss_separation", "bic_gain",
               "noisy_component_loss")
-
-
-# --compile auto: a bf16 run on a CPU compiles when it plans more training batches than this. Measured on this
-# 2-core CPU (benchmarks/long_run.py, full-data SST-5 CleaR-LoRA, bf16, 2026-11-27): a compiled routed epoch
-# takes ~15 s (11%) less than eager, ~0.055 s per batch; the five graphs take ~27 s to compile with a warm
-# Inductor cache (repaid in ~500 batches: every run of a grid after the first) and ~180 s cold (~3,300 batches:
-# the first). 1,500 lies between: the converged protocol's runs (2,670-3,100 batches, a grid) compile, cpu.yaml's
-# (750) and smoke runs do not. Not measured on a GPU, so auto does not compile there.
-COMPILE_BREAK_EVEN_BATCHES = 1500
-
-
-def option(default, help: str, choices: tuple | None = None, per_method: bool = False):
-    """A TrainConfig field: its default, its help line (`clearpeft train --help`), its allowed values if
-    few, and whether an unset value takes the method's own default (clearpeft.peft.training_defaults)."""
-    return field(default=default, metadata={"help": help, "choices": choices, "per_method": per_method})
-
-
-@dataclass
-class TrainConfig:
-    """One run's options, the one source of their defaults, checks and help: the CLI's `train` flags and the
-    YAML keys are made from these fields. ``resolved()`` fills in the per-method defaults and checks values."""
-
-    dataset: str = option("sst5", "sst5, banking77, or a local .csv/.tsv/.jsonl file")
-    data_dir: str | None = option(None, "folder with sst5/ and banking77/ (default: $CLEARPEFT_DATA, else the hub)")
-    text_column: str = option("text", "column (or JSON key) of the texts in a local file")
-    label_column: str = option("label", "column (or JSON key) of the labels in a local file")
-    test_file: str | None = option(None, "separate test file for a local data set; without it a seeded 20% "
-                                         "per-class hold-out of the file is the test split")
-    model: str = option("default", "encoder: default (the packaged all-MiniLM-L6-v2), or a hub name or local folder "
-                                   "of a BERT, RoBERTa, DeBERTa, ...")
-    peft: str = option("lora", "PEFT method (full: full fine-tuning, the baseline)", choices=tuple(METHODS))
-    routing: str = option("clean-auto", "clean-auto (CleaR that stands down, as plain PEFT, while the losses show no "
-                                        "mode of wrong labels: safe on clean data) | clean (CleaR exactly as the "
-                                        "paper has it) | none (plain PEFT) | deterministic | random | noisy",
-                          choices=STRATEGIES)
-    noise: str = option("clean", "clean, symmetric:R, symmetric-exclusive:R, asymmetric:R or instance:R "
-                                 "(training split only)")
-    epochs: int = option(10, "training epochs")
-    warmup_epochs: int = option(3, "epochs before routing by clean probability starts (every module on w.p. γ)")
-    batch_size: int = option(32, "training batch size (global, over all processes)")
-    # On CPU, 256 pads more and ran 1.6x slower per sample than 64.
-    eval_batch_size: int = option(64, "batch size of the no-gradient passes (per-sample pass, evaluation)")
-    lr: float | None = option(None, "learning rate", per_method=True)
-    weight_decay: float = option(0.01, "AdamW weight decay")
-    warmup_ratio: float = option(0.06, "share of the steps of linear learning-rate warm-up (--lr-schedule linear)")
-    lr_schedule: str = option("linear", "linear: warm-up, then decay to 0 | constant: the reference code's (no "
-                                        "scheduler, no warm-up)", choices=("linear", "constant"))
-    gamma: float | None = option(None, "upper bound γ of the gate probability", per_method=True)
-    reg_weight: float = option(1.0, "λ of the consistency regularization; 0 turns it off")
-    ensemble: int | None = option(None, "N routed passes averaged into f_ens", per_method=True)
-    temperature: float | None = option(None, "temperature T of the consistency loss", per_method=True)
-    loss_ema: float | None = option(None, "weight of the previous epoch's loss in the loss EMA (0 = off)",
-                                    per_method=True)
-    eval_passes: int = option(1, "routed test passes averaged for test_acc_routed (0: none); test_acc, every "
-                                 "module on, is the headline")
-    estimate_from: str = option("pass", "pass: p and f_ens from a no-gradient pass after each epoch (faithful); "
-                                        "train: from the losses and logits of the epoch's own training steps (no "
-                                        "extra pass)", choices=("pass", "train"))
-    pass_gates: str = option("random", "gates of that pass: random = Bernoulli(γ) for every sample, independent of "
-                                       "p (reference code); routed = drawn as the epoch's steps (by p), which lets "
-                                       "p feed on itself", choices=("random", "routed"))
-    no_dynamics: bool = option(False, "make the per-sample pass only where CleaR uses it (before routed epochs; "
-                                      "never for plain PEFT): faster, without the per-epoch learning, memorization "
-                                      "and detection metrics")
-    gate_weighted_loss: bool = option(False, "diagnosis, not part of CleaR: weight each sample's loss by the share "
-                                             "of its layers routed on, so a sample routed off trains neither its "
-                                             "modules nor the never-routed head")
-    max_length: int = option(128, "tokens per text (longer ones are cut)")
-    max_train_samples: int | None = option(None, "a seeded subset of this many training samples")
-    max_eval_samples: int | None = option(None, "a seeded subset of this many test (and dev) samples")
-    dev_holdout: float = option(0.0, "share of train held out (per class, seeded) as dev when the data set has "
-                                     "no dev split, e.g. 0.1 for banking77")
-    lora_rank: int = option(4, "LoRA rank r")
-    lora_alpha: int = option(8, "LoRA scaling α")
-    lora_dropout: float = option(0.0, "LoRA dropout")
-    prompt_length: int = option(20, "prefix-tuning virtual tokens per layer")
-    adapter_size: int = option(16, "Houlsby adapter bottleneck size")
-    bf16: bool = option(False, "bf16 autocast (CPU with AVX-512 BF16, or GPU)")
-    compile: str = option("auto", "torch.compile the encoder (training steps, no-gradient passes, evaluation): on "
-                                  "| off | auto = on a CPU for bf16 runs of more than "
-                                  f"{COMPILE_BREAK_EVEN_BATCHES} planned training batches, where the faster steps "
-                                  "repay the compile time (benchmarks/long_run.py); off on a GPU (not measured "
-                                  "there yet)", choices=("auto", "on", "off"))
-    seed: int = option(0, "seed of the subset, the noise, the initialization, the order and every gate draw")
-    log_with: str = option("none", "trackers of Accelerate", choices=("none", "tensorboard", "wandb", "all"))
-    out: str = option("runs/latest", "run folder")
-
-    def resolved(self) -> "TrainConfig":
-        """A copy with the per-method defaults filled in; validates every field (UserError)."""
-        if self.peft not in METHODS:
-            raise UserError(f"unknown PEFT method {self.peft!r}: choose one of {', '.join(METHODS)}")
-        if self.routing not in STRATEGIES:
-            raise UserError(f"unknown routing strategy {self.routing!r}: choose one of {', '.join(STRATEGIES)}")
-        if self.peft == "full" and self.routing != "none":
-            raise UserError("full fine-tuning has no PEFT modules to route: use --routing none")
-        c = TrainConfig(**asdict(self))
-        for name, value in training_defaults(c.peft).items():
-            if getattr(c, name) is None:
-                setattr(c, name, value)
-        for f in fields(c):
-            choices, value = f.metadata["choices"], getattr(c, f.name)
-            if choices and value not in choices:
-                raise UserError(f"--{_flag(f.name)} must be {', '.join(choices[:-1])} or {choices[-1]}, got {value!r}")
-        for name in ("epochs", "batch_size", "eval_batch_size", "ensemble", "max_length",
-                     "lora_rank", "prompt_length", "adapter_size"):
-            if getattr(c, name) < 1:
-                raise UserError(f"--{_flag(name)} must be at least 1, got {getattr(c, name)}")
-        if c.eval_passes < 0:
-            raise UserError(f"--eval-passes must be at least 0, got {c.eval_passes}")
-        for name in ("max_train_samples", "max_eval_samples"):
-            if getattr(c, name) is not None and getattr(c, name) < 1:
-                raise UserError(f"--{_flag(name)} must be at least 1")
-        checks = [("gamma", 0.0, 1.0), ("loss_ema", 0.0, 1.0), ("warmup_ratio", 0.0, 1.0),
-                  ("dev_holdout", 0.0, 0.9), ("lora_dropout", 0.0, 0.999)]
-        for name, low, high in checks:
-            value = getattr(c, name)
-            if not (low <= value <= high) or math.isnan(value):
-                raise UserError(f"--{_flag(name)} must lie in [{low}, {high}], got {value}")
-        if not (c.lr > 0) or not (c.temperature > 0):
-            raise UserError("--lr and --temperature must be positive")
-        if c.reg_weight < 0 or c.weight_decay < 0 or c.warmup_epochs < 0:
-            raise UserError("--reg-weight, --weight-decay and --warmup-epochs must not be negative")
-        return c
-
-    @classmethod
-    def field_names(cls) -> list[str]:
-        return [f.name for f in fields(cls)]
-
-
-def _flag(name: str) -> str:
-    return name.replace("_", "-")
-
-
-def config_defaults() -> dict:
-    """TrainConfig's defaults: what a run made before a field existed is taken to have used (runs.config_diff)."""
-    return {f.name: f.default for f in fields(TrainConfig) if f.default is not MISSING}
 
 
 @dataclass

@@ -41,7 +41,6 @@ import io
 import json
 import re
 import statistics
-import typing
 from dataclasses import asdict, dataclass, replace
 from itertools import product
 from pathlib import Path
@@ -53,7 +52,8 @@ from ..errors import UserError
 from ..noise import NoiseSpec
 from ..peft import METHODS
 from ..routing import STRATEGIES
-from ..train import TrainConfig, config_defaults, train
+from ..config import TrainConfig, config_defaults
+from ..train import train
 
 AXES = {"datasets": "dataset", "noises": "noise", "methods": "method", "routings": "routing", "seeds": "seed",
         "reg_weights": "reg_weight"}
@@ -65,7 +65,6 @@ GRID_OWNED = {"dataset", "noise", "peft", "routing", "reg_weight", "seed", "out"
 RESULTS = "results.csv"
 RESULT_COLUMNS = [*CELL_KEYS, "peak_acc", "avg_acc", "last_acc", "realized_noise_rate", "estimated_noise_rate",
                   "train_seconds", "run_dir"]
-FIELD_TYPES = {name: typing.get_args(hint) or (hint,) for name, hint in typing.get_type_hints(TrainConfig).items()}
 
 
 @dataclass(frozen=True)
@@ -179,10 +178,7 @@ def _values(key: str, value, where: str) -> list:
 def _cell_value(key: str, value, where: str):
     """A cell key's value, checked and in one spelling (noise ``symmetric:0.60`` -> ``symmetric:0.6``)."""
     if key in ("reg_weight", "seed"):
-        value = _coerce(key, value, where)
-        if value < 0:
-            raise UserError(f"{where}: {key} must not be negative, got {value}")
-        return value
+        return _fields({key: value}, where, settable=False)[key]
     if not isinstance(value, str):
         raise UserError(f"{where}: {key} must be text, got {value!r}")
     if key == "noise":
@@ -222,46 +218,16 @@ def _extra_cells(entry, seeds: list, reg_weights: list, where: str) -> list[Cell
                                                                      "reg_weight", "seed")))]
 
 
-def _coerce(name: str, value, where: str):
-    """``value`` as the TrainConfig field ``name`` takes it. YAML reads ``1e-3`` as text, so number-like text
-    is accepted where a float is wanted."""
-    allowed = FIELD_TYPES[name]
-    if value is None and type(None) in allowed:
-        return None
-    if isinstance(value, bool):
-        if bool in allowed:
-            return value
-    elif isinstance(value, int):
-        if int in allowed:
-            return value
-        if float in allowed:
-            return float(value)
-    elif isinstance(value, float) and float in allowed:
-        return value
-    elif isinstance(value, str):
-        if str in allowed:
-            return value
-        if float in allowed:
-            try:
-                return float(value)
-            except ValueError:
-                pass
-    kinds = " or ".join("null" if t is type(None) else t.__name__ for t in allowed)
-    raise UserError(f"{where}: {name} must be {kinds}, got {value!r}")
-
-
 def _fields(values: dict, where: str, settable: bool) -> dict:
-    """TrainConfig fields from the file, type-checked; ``settable`` refuses the fields the grid owns."""
-    out = {}
-    for name, value in values.items():
-        key = str(name).replace("-", "_")
-        if key not in FIELD_TYPES:
-            raise UserError(f"{where}: unknown field {name!r} (see `clearpeft train --help`)")
-        if settable and key in GRID_OWNED:
-            raise UserError(f"{where}: {key} is set by the grid (its axes, `extra` cells and run folders), "
-                            "not here")
-        out[key] = _coerce(key, value, where)
-    return out
+    """TrainConfig fields from the file, converted and checked by TrainConfig.from_mapping; ``settable``
+    refuses the fields the grid owns."""
+    named = {str(k).replace("-", "_"): v for k, v in values.items()}
+    owned = sorted(set(named) & GRID_OWNED) if settable else []
+    if owned:
+        raise UserError(f"{where}: {owned[0]} is set by the grid (its axes, `extra` cells and run folders), "
+                        "not here")
+    config = TrainConfig.from_mapping(named, where)
+    return {k: getattr(config, k) for k in named}
 
 
 def _override(entry, where: str) -> tuple[dict, dict]:
