@@ -1,4 +1,4 @@
-"""The training loop (SPEC.md steps 1-5) on Hugging Face Accelerate; CleaR's own steps are in clear.py.
+"""The training loop on Hugging Face Accelerate; what CleaR decides (each epoch's mode, gates, loss, p) is in clear.py.
 
 One epoch, in order:
   1. training steps: gates r ~ the epoch's plan (Bernoulli(γ) in warm-up, Bernoulli(γ·p) after it, none for
@@ -9,7 +9,7 @@ One epoch, in order:
   3. clean probability p from those losses (EMA, GMM), used from the first epoch after warm-up on;
   4. evaluation on test (and dev): all modules on, and the mean of routed passes;
   5. one line of metrics.jsonl and an atomic checkpoint (runs.RunFolder).
-Step 2 at the end of epoch e is the estimate "at the start of epoch e+1" of SPEC.md: the weights are the same.
+Step 2 at the end of epoch e is the estimate "at the start of epoch e+1" of docs/method.md: the weights are the same.
 Every random draw of an epoch (shuffle, dropout, gates) is seeded from (seed, epoch), so a resumed run
 continues exactly.
 """
@@ -81,12 +81,6 @@ def prepare_data(cfg: TrainConfig, tokenizer, bundle=None) -> Prepared:
     test = encode(tokenizer, bundle.test.texts, bundle.test.labels, cfg.max_length) if bundle.test is not None else None
     dev = encode(tokenizer, bundle.dev.texts, bundle.dev.labels, cfg.max_length) if bundle.dev is not None else None
     return Prepared(bundle, noisy, train, test, dev, tokenizer.pad_token_id or 0, list(bundle.train.texts))
-
-
-def _generator(seed: int, epoch: int, stream: int) -> torch.Generator:
-    """The random stream of one (seed, epoch, purpose): runs and resumed runs draw the same numbers."""
-    state = np.random.SeedSequence([seed, epoch, stream]).generate_state(2, dtype=np.uint32)
-    return torch.Generator().manual_seed(int(state[0]) << 31 | int(state[1]) >> 1)
 
 
 def gather_by_index(accelerator, n: int, index: np.ndarray, *columns: np.ndarray) -> list[np.ndarray]:
@@ -181,21 +175,13 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False, pr
     s = start(cfg, resume, overwrite, data)
     if not s.accelerator.is_main_process:  # only the main process talks to the user
         progress, log = False, (lambda *args, **kwargs: None)
-    n_train = len(s.data.train)
-    state = clear.CleaRState(p=np.ones(n_train), ens_logits=None, stood_down=False,
-                             estimator=CleanProbability(ema=cfg.loss_ema or None, seed=cfg.seed,
-                                                        chance_loss=math.log(s.data.bundle.num_labels)))
-    start_epoch, train_seconds = 0, 0.0
+    start_epoch, arrays, train_seconds = 0, None, 0.0
     restored = s.folder.load_checkpoint(log) if resume else None
     if restored is not None:
         start_epoch, arrays, train_seconds = restored
-        state.p, state.ens_logits = arrays["p"], arrays.get("ens_logits")
-        state.estimator.smoothed = arrays.get("smoothed_losses")
     history = s.folder.history(start_epoch)
-    # clean-auto's decision for the coming epoch, made at the end of the last (kept in metrics.jsonl, so a
-    # resumed run picks it up): it trains as plain PEFT until the losses show a separate noisy mode.
-    guarded = cfg.routing == "clean-auto"
-    state.stood_down = bool(history[-1].get("routing_stood_down", True)) if guarded and history else guarded
+    estimator = CleanProbability(ema=cfg.loss_ema or None, seed=cfg.seed, chance_loss=math.log(s.data.bundle.num_labels))
+    state = clear.start_state(len(s.data.train), cfg.routing, estimator, history, arrays)
 
     for epoch in range(start_epoch, cfg.epochs):
         # Phase 1: the gated training steps of the epoch's plan.
@@ -292,9 +278,8 @@ def compile_inner_model(core) -> None:
 
     Not through Accelerate's TorchDynamoPlugin: that compiles the model around the autocast wrapper Accelerate
     puts on ``forward``, so every graph holds an ``_enter_autocast`` call, and AOTAutograd's on-disk cache
-    refuses such graphs (torch 2.13: "Unsupported call_function target _enter_autocast"): with a warm cache
-    every run still re-ran AOTAutograd's tracing and partitioning (2-epoch 128-sample SST-5 CleaR-LoRA run,
-    bf16, one thread: 63 s of warm-cache compiling that way, 46 s this way).
+    refuses such graphs ("Unsupported call_function target _enter_autocast"): with a warm cache every run
+    would still redo AOTAutograd's tracing and partitioning (benchmarks/README.md, "compile").
     Compiled one level down, autocast is the ambient state the graphs are guarded on. Training steps, the
     no-gradient passes and evaluation call the same module and get graphs of their own (grad mode and
     train/eval mode are guarded). Dynamic shapes: one graph serves every length bucket."""
@@ -304,7 +289,7 @@ def compile_inner_model(core) -> None:
     # Both settings below are process-wide: they stay for whatever else the process compiles.
     # A float Dynamo would otherwise trace as a symbol fails Inductor's tensorify pass and restarts the trace
     # of two graphs; the model's floats (dropout p, LoRA scaling) are constants, so specializing them costs no
-    # recompiles. Same 128-sample run: warm-cache compile 46 s -> 20 s, cold 182 s -> 142 s.
+    # recompiles, and saves most of the warm-cache compile time (benchmarks/README.md).
     dynamo_config.specialize_float = True
     # Inductor draws dropout masks with its own generator; falling back to torch's keeps the same seed's draws,
     # so a compiled run reproduces the eager run's metrics (within bf16 rounding).
@@ -325,7 +310,7 @@ def compile_decision(cfg: TrainConfig, planned_batches: int) -> bool:
 
 
 def train_steps(s: Session, state: clear.CleaRState, plan: clear.EpochPlan, epoch: int, bar) -> dict:
-    """One epoch of gated training steps (SPEC.md steps 3-5): per batch, the gates of the plan, the routed
+    """One epoch of gated training steps: per batch, the gates of the plan, the routed
     loss with its consistency term, one optimizer step."""
     cfg, accelerator, core = s.cfg, s.accelerator, s.core
     s.model.train()
@@ -333,7 +318,7 @@ def train_steps(s: Session, state: clear.CleaRState, plan: clear.EpochPlan, epoc
     s.loader.set_epoch(epoch)  # Accelerate's loader passes it on to our length-bucket sampler
     # Uniform draws per sample and layer, the same on every process: gates do not depend on the batch or
     # process a sample lands in.
-    draws = torch.rand((len(s.data.train), core.num_layers), generator=_generator(cfg.seed, epoch, 0))
+    draws = torch.rand((len(s.data.train), core.num_layers), generator=clear.generator(cfg.seed, epoch, "step_gates"))
     gates_for = clear.step_gates(plan, state.p, cfg.gamma, draws)
     teacher = clear.teacher(plan, state, cfg.reg_weight)
     weigh = cfg.gate_weighted_loss and plan.after_warmup
@@ -376,18 +361,17 @@ def train_steps(s: Session, state: clear.CleaRState, plan: clear.EpochPlan, epoc
 
 
 def estimate(s: Session, state: clear.CleaRState, plan: clear.EpochPlan, epoch: int, steps: dict) -> dict:
-    """The per-sample pass over the training set (SPEC.md step 2) and the fit of p on its losses (step 4);
+    """The per-sample pass over the training set and the fit of p on its losses;
     returns the metrics of the pass: training dynamics, detection quality, what the fit says, gate means.
     CleaR uses the pass before every routed epoch; the other passes only measure (--no-dynamics skips them)."""
     cfg, data = s.cfg, s.data
-    routes_next = plan.routed and epoch + 1 >= cfg.warmup_epochs
-    used = routes_next and epoch + 1 < cfg.epochs
+    routes_next, used = clear.pass_use(plan, epoch, cfg.warmup_epochs, cfg.epochs)
     guarded = cfg.routing == "clean-auto"
     if cfg.estimate_from == "train":  # no extra pass: what the steps saw (train mode, mid-epoch weights)
         ens, losses = steps["logits"], steps["losses"]
     elif used or not cfg.no_dynamics:
         passes = cfg.ensemble if plan.routed else 1
-        draws = torch.rand((passes, len(data.train), s.core.num_layers), generator=_generator(cfg.seed, epoch, 1))
+        draws = torch.rand((passes, len(data.train), s.core.num_layers), generator=clear.generator(cfg.seed, epoch, "pass_gates"))
         ens, losses = routed_logits(s.core, data.train, cfg.eval_batch_size, data.pad_id, passes,
                                     clear.pass_gates(plan, state.p, cfg.gamma, draws, cfg.pass_gates), s.accelerator)
     else:
@@ -457,7 +441,7 @@ def evaluate(core, data: Prepared, cfg: TrainConfig, epoch: int, accelerator) ->
             out["test_acc_routed"] = out["test_acc"]
         elif cfg.eval_passes > 0:
             draws = torch.rand((cfg.eval_passes, len(data.test), core.num_layers),
-                               generator=_generator(cfg.seed, epoch, 2))
+                               generator=clear.generator(cfg.seed, epoch, "eval_gates"))
             ones = torch.ones(1)
 
             def random_gates(index, k):
