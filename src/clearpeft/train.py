@@ -172,7 +172,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False, pr
     if cfg.routing != "none" and cfg.warmup_epochs >= cfg.epochs:
         log(f"warning: --warmup-epochs {cfg.warmup_epochs} >= --epochs {cfg.epochs}: CleaR will never route "
             "by clean probability (every epoch is warm-up)")
-    s = start(cfg, resume, overwrite, data)
+    s = start(cfg, resume, overwrite, data, log)
     if not s.accelerator.is_main_process:  # only the main process talks to the user
         progress, log = False, (lambda *args, **kwargs: None)
     start_epoch, arrays, train_seconds = 0, None, 0.0
@@ -219,7 +219,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False, pr
     return finish(s, history, train_seconds)
 
 
-def start(cfg: TrainConfig, resume: bool, overwrite: bool, bundle=None) -> Session:
+def start(cfg: TrainConfig, resume: bool, overwrite: bool, bundle=None, log=print) -> Session:
     """Check the run folder, load data and model (bad input fails here, before anything is written), write the
     run's first files, and prepare model, optimizer, loader and schedule with Accelerate."""
     from accelerate import Accelerator
@@ -236,6 +236,10 @@ def start(cfg: TrainConfig, resume: bool, overwrite: bool, bundle=None) -> Sessi
     encoder_config(cfg.model)
     tokenizer = load_tokenizer(cfg.model)
     data = prepare_data(cfg, tokenizer, bundle)
+    if cfg.bf16 and not torch.cuda.is_available() and not native_bf16_cpu():
+        # Warn rather than fall back: --bf16 was asked for, and a silent fp32 run would change the numbers.
+        log("warning: --bf16 on a CPU without native bf16 (no AVX-512 BF16 or AMX): bf16 is emulated here, and "
+            "a training step ran about 10x slower than fp32 on such a CPU (benchmarks/bf16_cpu.py); leave --bf16 off")
     compiled = compile_decision(cfg, planned_batches(cfg, len(data.train)))
     # One process per device under `accelerate launch` / torchrun. split_batches: --batch-size stays the
     # global batch (each process takes its share), so a run means the same on any number of processes.
@@ -270,6 +274,16 @@ def start(cfg: TrainConfig, resume: bool, overwrite: bool, bundle=None) -> Sessi
     if compiled:
         compile_inner_model(core)
     return Session(cfg, accelerator, folder, data, core, model, optimizer, train_loader, scheduler, compiled)
+
+
+def native_bf16_cpu() -> bool:
+    """Whether this CPU computes bf16 natively (AVX-512 BF16 or AMX). Without it oneDNN and ATen emulate bf16,
+    and a bf16 autocast step runs many times slower than fp32 (benchmarks/README.md, "bf16_cpu.py")."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text().split()
+    except OSError:  # not Linux: oneDNN's own check (AVX-512 at least)
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def compile_inner_model(core) -> None:
