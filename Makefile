@@ -17,10 +17,13 @@ $(BIN)/clearpeft: pyproject.toml constraints.txt
 
 setup: $(BIN)/clearpeft
 
-# The main job: CleaR-LoRA on SST-5 with 60% symmetric label noise on the default backbone (all-MiniLM-L6-v2).
+# The demo: CleaR-LoRA on 2,500 SST-5 sentences with 60% symmetric label noise on the default backbone
+# (all-MiniLM-L6-v2), fp32, then the ten training labels it trusts least. About 5.5 minutes on 2 CPU cores.
 demo: setup
 	$(BIN)/clearpeft train --dataset sst5 --peft lora --routing clean --noise symmetric:0.6 \
-	    --epochs 10 --warmup-epochs 3 --seed 0 --out runs/demo --overwrite
+	    --max-train-samples 2500 --max-eval-samples 1000 --epochs 6 --warmup-epochs 2 --seed 0 \
+	    --out runs/demo --overwrite
+	$(BIN)/clearpeft label-issues runs/demo --top 10
 
 test: setup
 	$(BIN)/python -m pytest -q -n 2 --durations=20
