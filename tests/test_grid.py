@@ -2,7 +2,6 @@
 
 import csv
 import json
-import math
 import os
 import re
 import signal
@@ -18,7 +17,7 @@ from clearpeft import runs
 from clearpeft.cli import main
 from clearpeft.errors import UserError
 from clearpeft.study.grid import RESULT_COLUMNS, load_grid
-from clearpeft.study.report import PAPER_EXCERPT, parse_paper, write_report
+from clearpeft.study.report import write_report
 from clearpeft.peft import training_defaults
 from clearpeft.train import TrainConfig, config_defaults
 
@@ -83,7 +82,7 @@ def test_missing_config_file(tmp_path):
 def test_bad_config_through_the_cli_exits_2_with_one_line(tmp_path):
     path = write(tmp_path, "base: {epochs: 0}\n" + AXES)
     done = subprocess.run([sys.executable, "-m", "clearpeft", "grid", str(path), "--out", str(tmp_path / "out")],
-                          capture_output=True, text=True, timeout=300)
+                          capture_output=True, text=True, timeout=1800)
     assert done.returncode == 2
     assert done.stderr.startswith("clearpeft: error:") and "--epochs must be at least 1" in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1 and "Traceback" not in done.stderr
@@ -230,7 +229,7 @@ def tiny_grid(tmp_path_factory):
     """The tiny grid (bitfit, routing none and clean: 2 runs), run once without interruption."""
     root = tmp_path_factory.mktemp("grid")
     config = write(root, TINY)
-    done = subprocess.run(grid_command(config, root / "whole"), capture_output=True, text=True, timeout=900)
+    done = subprocess.run(grid_command(config, root / "whole"), capture_output=True, text=True, timeout=1800)
     assert done.returncode == 0, done.stderr[-2000:]
     assert json.loads(done.stdout)["finished"] == 2
     assert "[2/2 done]" in done.stderr and "ETA" in done.stderr
@@ -267,7 +266,7 @@ def test_killed_grid_restarts_without_redoing_finished_runs(tiny_grid):
     finished_at = first.stat().st_mtime_ns
     assert not (out / SECOND_RUN / "summary.json").exists()
 
-    again = subprocess.run(grid_command(config, out), capture_output=True, text=True, timeout=900)
+    again = subprocess.run(grid_command(config, out), capture_output=True, text=True, timeout=1800)
     assert again.returncode == 0, again.stderr[-2000:]
     assert "2 runs, 1 already finished" in again.stderr
     assert "[2/2] resuming" in again.stderr and "resuming after epoch 1" in again.stderr
@@ -278,9 +277,9 @@ def test_killed_grid_restarts_without_redoing_finished_runs(tiny_grid):
 
     # A third start has nothing left to do; a changed config is refused, not silently reused.
     assert json.loads(subprocess.run(grid_command(config, out), capture_output=True, text=True,
-                                     timeout=300).stdout)["ran_now"] == 0
+                                     timeout=1800).stdout)["ran_now"] == 0
     changed = write(whole.parent, TINY.replace("epochs: 2", "epochs: 3"), "changed.yaml")
-    refused = subprocess.run(grid_command(changed, out), capture_output=True, text=True, timeout=300)
+    refused = subprocess.run(grid_command(changed, out), capture_output=True, text=True, timeout=1800)
     assert refused.returncode == 2 and "different config (epochs)" in refused.stderr
 
 
@@ -296,7 +295,7 @@ def test_workers_run_the_same_runs_in_processes_of_their_own(tiny_grid):
     for workers in (1, 2):
         outs[workers] = whole.parent / f"workers{workers}"
         done = subprocess.run([*grid_command(config, outs[workers]), "--workers", str(workers)], capture_output=True,
-                              text=True, timeout=900, env=one_thread)
+                              text=True, timeout=1800, env=one_thread)
         assert done.returncode == 0, done.stderr[-2000:]
         assert json.loads(done.stdout)["ran_now"] == 2 and "[2/2 done]" in done.stderr
     assert rows(outs[2]) == rows(outs[1])
@@ -307,7 +306,7 @@ def test_workers_run_the_same_runs_in_processes_of_their_own(tiny_grid):
 
         assert lines(outs[2]) == lines(outs[1])
     out = outs[2]
-    bad = subprocess.run([*grid_command(config, out), "--workers", "0"], capture_output=True, text=True, timeout=300)
+    bad = subprocess.run([*grid_command(config, out), "--workers", "0"], capture_output=True, text=True, timeout=1800)
     assert bad.returncode == 2 and "--workers must be at least 1" in bad.stderr
 
 
@@ -424,16 +423,3 @@ def test_report_without_results_is_a_user_error(tmp_path):
     with pytest.raises(UserError, match="no readable results.csv"):
         write_report(tmp_path, tmp_path / "r.md", tmp_path / "f")
 
-
-def test_paper_tables_are_parsed_from_the_excerpt():
-    tables = parse_paper(PAPER_EXCERPT.read_text())
-    assert set(tables) == {"Table 1", "Table 2", "Table 3", "Table 5"}
-    t1 = tables["Table 1"]
-    assert len(t1.columns) == 13 and t1.columns[0] == ("clean", "Peak") and t1.columns[-1] == ("asymmetric:0.4", "Avg")
-    assert t1.value(("full", "none"), "clean", "Peak") == 53.4
-    assert t1.value(("bitfit", "clean"), "symmetric:0.6", "Avg") == 51.1
-    assert tables["Table 2"].value(("lora", "clean"), "asymmetric:0.4", "Peak") == 68.9
-    assert tables["Table 5"].columns[1:] == [("instance:0.4", "Peak"), ("instance:0.4", "Avg"),
-                                             ("instance:0.6", "Peak"), ("instance:0.6", "Avg")]
-    assert dict(tables["Table 3"].rows)["CleaR w/ Deterministic Routing"] == [48.1, 44.2]
-    assert not math.isnan(tables["Table 5"].value(("adapter", "clean"), "instance:0.6", "Avg"))

@@ -1,7 +1,7 @@
 """The results report of a grid (``results.csv`` and each run's ``metrics.jsonl``): Markdown tables in the
-layout of the paper's Tables 1, 2, 3 and 5, each beside the paper's BERT-base numbers (parsed from the seed
-excerpt), the curves of the paper's Figures 1 and 4 as PNG, and the per-run routing dynamics that explain
-where the results agree with the paper and where they do not.
+layout of the paper's Tables 1, 2, 3 and 5, each beside the paper's BERT-base numbers (``paper_tables.json``,
+shipped with the package), the curves of the paper's Figures 1 and 4 as PNG, and the per-run routing dynamics
+that explain where the results agree with the paper and where they do not.
 
 Accuracies are test accuracy with every PEFT module on (``test_acc``; Peak = best epoch, Avg = mean over
 epochs), in %, as mean ± sample standard deviation over the seeds a cell has; "—" marks a cell not run.
@@ -10,6 +10,7 @@ epochs), in %, as mean ± sample standard deviation over the seeds a cell has; "
 from __future__ import annotations
 
 import csv
+import importlib.resources
 import json
 import math
 import os
@@ -22,7 +23,7 @@ from .. import runs
 from ..errors import UserError
 from ..noise import KINDS, NoiseSpec
 
-PAPER_EXCERPT = Path(__file__).resolve().parents[3].parent / "shared" / "seed" / "clear_paper_excerpt.txt"
+PAPER_TABLES = "paper_tables.json"  # the paper's numbers, a data file of this package
 DATASET_NAMES = {"sst5": "SST-5", "banking77": "BANKING77"}
 METHOD_NAMES = {"full": "Full fine-tuning", "adapter": "Adapter", "bitfit": "BitFit", "prompt": "Prompt",
                 "lora": "LoRA"}
@@ -32,7 +33,7 @@ ROWS = [("full", "none"), *((m, "none") for m in PEFT), *((m, "clean") for m in 
 MAIN_NOISES = ("clean", "symmetric:0.2", "symmetric:0.4", "symmetric:0.6", "asymmetric:0.1", "asymmetric:0.2",
                "asymmetric:0.4")
 INSTANCE_NOISES = ("clean", "instance:0.4", "instance:0.6")
-HIGH_NOISES = ("symmetric:0.6", "asymmetric:0.4", "instance:0.6")  # where SPEC.md's claim is made
+HIGH_NOISES = ("symmetric:0.6", "asymmetric:0.4", "instance:0.6")  # the high noise of the claim to reproduce
 FIGURE_SETTING = "symmetric:0.6"  # paper Figure 1; Figure 4 does not say, we use the same setting
 ABLATION_SETTING = ("sst5", "symmetric:0.6")
 # Paper Table 3, row by row: (the paper's label, routing, regularization on); None rows are its headings.
@@ -70,72 +71,21 @@ class PaperTable:
 
 
 def parse_paper(text: str) -> dict[str, PaperTable]:
-    """Every "Table N:" of the excerpt: its caption, then the tab-separated lines that follow it."""
-    lines = text.splitlines()
-    tables = {}
-    for i, line in enumerate(lines):
-        match = re.match(r"(Table \d+):\s*(.*)", line)
-        if not match:
-            continue
-        body = []
-        for following in lines[i + 1:]:
-            if re.match(r"(Table|Figure) \d+:", following) or (body and "\t" not in following):
-                break
-            if "\t" in following:
-                body.append([_strip_markup(c) for c in following.split("\t")])
-        tables[match.group(1)] = _parse_table(match.group(2), body)
+    """The tables of a JSON text in the layout of ``paper_tables.json``: {"tables": {"Table N": {"caption",
+    "columns": [[noise or null, "Peak" or "Avg"], ...], "rows": [[label, [values in %] or null], ...]}}}."""
+    try:
+        data = json.loads(text)
+        tables = {}
+        for number, table in data["tables"].items():
+            columns = [(noise, stat) for noise, stat in table["columns"]]
+            rows = [(label, None if values is None else [float(v) for v in values]) for label, values in table["rows"]]
+            for label, values in rows:
+                if values is not None and len(values) != len(columns):
+                    raise ValueError(f"row {label!r} of {number} has {len(values)} numbers for {len(columns)} columns")
+            tables[number] = PaperTable(table["caption"], columns, rows)
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise ValueError(f"not a table of the paper ({exc!r})") from None
     return tables
-
-
-def _parse_table(caption: str, body: list[list[str]]) -> PaperTable:
-    first_data = next((i for i, r in enumerate(body) if any(_number(c) is not None for c in r[1:])), None)
-    if first_data is None:
-        raise ValueError(f"no numbers under {caption[:40]!r}")
-    header, data = body[:first_data], body[first_data:]
-    width = max(len(r) for r in data)
-    # A header cell spans the empty cells to its right (e.g. "Symmetric" over six columns, "20%" over two).
-    labels: list[list[str]] = [[] for _ in range(width)]
-    for row in header:
-        current = ""
-        for j in range(1, width):
-            current = (row[j] if j < len(row) else "") or current
-            if current:
-                labels[j].append(current)
-    columns = [_paper_column(labels[j], caption) for j in range(1, width)]
-    rows = []
-    for r in data:
-        values = [_number(c) for c in r[1:width]] + [None] * (width - len(r))
-        if all(v is None for v in values):
-            rows.append((r[0], None))
-        elif any(v is None for v in values):
-            raise ValueError(f"row {r[0]!r} of {caption[:40]!r} misses a number")
-        else:
-            rows.append((r[0], values))
-    return PaperTable(caption, columns, rows)
-
-
-def _paper_column(labels: list[str], caption: str) -> tuple[str | None, str]:
-    text = " ".join(labels).lower()
-    if "clean" in text:
-        return "clean", "Peak"  # the paper's single Clean number is the best accuracy
-    stat = "Avg" if "avg" in text else "Peak"
-    rate = re.search(r"(\d+(?:\.\d+)?)%", text)
-    if rate is None:
-        return None, stat
-    kind = next((k for k in ("asymmetric", "symmetric", "instance") if k in text), None)
-    if kind is None and "instance" in caption.lower():
-        kind = "instance"
-    if kind is None:
-        raise ValueError(f"column {' / '.join(labels)!r} has a rate but no noise kind")
-    return str(NoiseSpec(kind, float(rate.group(1)) / 100)), stat
-
-
-def _strip_markup(cell: str) -> str:
-    return re.sub(r"</?[a-z]+>|\*\*", "", cell).strip()
-
-
-def _number(cell: str) -> float | None:
-    return float(cell) if re.fullmatch(r"-?\d+(?:\.\d+)?", cell) else None
 
 
 def _row_key(label: str) -> tuple[str, str] | None:
@@ -149,14 +99,16 @@ def _row_key(label: str) -> tuple[str, str] | None:
     return (word, "none") if word in PEFT else None
 
 
-def load_paper(path: Path) -> tuple[dict[str, PaperTable], str | None]:
-    """The parsed tables and, when they cannot be had, a note for the report saying why."""
+def load_paper(path: Path | None = None) -> tuple[dict[str, PaperTable], str | None]:
+    """The paper's tables (from the package's ``paper_tables.json``, or from ``path``, a file in its layout)
+    and, when they cannot be had, a note for the report saying why."""
+    source = path if path is not None else importlib.resources.files(__package__).joinpath(PAPER_TABLES)
     try:
-        return parse_paper(path.read_text(encoding="utf-8")), None
+        return parse_paper(source.read_text(encoding="utf-8")), None
     except OSError as exc:
-        return {}, f"The paper's tables are left out: cannot read {path} ({exc.strerror or exc})."
+        return {}, f"The paper's tables are left out: cannot read {source} ({exc.strerror or exc})."
     except ValueError as exc:
-        return {}, f"The paper's tables are left out: cannot parse {path} ({exc})."
+        return {}, f"The paper's tables are left out: cannot parse {source} ({exc})."
 
 
 def _paper_table(tables: dict[str, PaperTable], dataset: str, kind: str) -> tuple[str, PaperTable] | None:
@@ -317,7 +269,9 @@ def _results_tables(res: Results, tables: dict, dataset: str, kind: str, noises:
 
 
 def _claim_section(res: Results, tables: dict) -> list[str]:
-    """SPEC.md's claim in numbers: CleaR minus the same PEFT method, ours beside the paper's."""
+    """The claim to reproduce, in numbers: at high noise CleaR has a clearly higher Avg than the same PEFT
+    method without it, with clean-data Peak unchanged. CleaR minus the same PEFT method, ours beside the
+    paper's."""
     header = ["Data set", "Noise", "Metric", "Method", "PEFT", "CleaR", "Δ ours", "beyond 2 SE", "Δ paper"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for dataset in res.datasets():
@@ -420,7 +374,7 @@ def _dynamics_section(res: Results) -> list[str]:
 
 
 def _inference_section(res: Results) -> list[str]:
-    """SPEC.md leaves open which test-time mode to report: every module on, or the reference code's routed
+    """Which test-time mode to report is an open choice: every module on, or the reference code's routed
     passes (gates ~ Bernoulli(γ)). Both are in every metrics line; this table puts them side by side."""
     lines = ["| Data set | Noise | Method | Routing | λ | Seed | Peak all on | Peak routed | Avg all on | "
              "Avg routed |", "|---|---|---|---|---|---|---|---|---|---|"]
@@ -566,12 +520,14 @@ def _safe(text: str) -> str:
 def write_report(results_dirs, out_md: str | Path, figures_dir: str | Path,
                  paper_path: str | Path | None = None) -> dict:
     """Write the Markdown report and its figures; returns the paths written and the number of runs.
+    The paper's numbers come from the package's ``paper_tables.json``, or from ``paper_path``, a JSON file in
+    its layout.
     ``results_dirs`` is one grid's results folder, or several (one protocol each: cpu, converged, ...), which
     then get a section each, with their figures in a subfolder of ``figures_dir`` named after the folder."""
     dirs = [Path(d) for d in ([results_dirs] if isinstance(results_dirs, (str, Path)) else results_dirs)]
     out_md, figures_dir = Path(out_md), Path(figures_dir)
     protocols = [Results(d) for d in dirs]  # every folder is checked before anything is written
-    tables, paper_note = load_paper(Path(paper_path) if paper_path else PAPER_EXCERPT)
+    tables, paper_note = load_paper(Path(paper_path) if paper_path else None)
     try:
         out_md.parent.mkdir(parents=True, exist_ok=True)
         figures_dir.mkdir(parents=True, exist_ok=True)
@@ -630,7 +586,7 @@ def _protocol_report(res: "Results", results_dir: Path, tables: dict, out_md: Pa
         lines += _results_tables(res, tables, dataset, "instance", noises) + [""]
 
     lines += ["## CleaR against the same PEFT method", "",
-              "The claim to reproduce (SPEC.md): at high noise every CleaR variant has a clearly higher Avg than "
+              "The paper's claim: at high noise every CleaR variant has a clearly higher Avg than "
               "the same PEFT method without it, while clean-data accuracy (Peak) stays the same. Δ in points.",
               ""]
     lines += _claim_section(res, tables) + [""]
