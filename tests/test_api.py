@@ -34,7 +34,7 @@ def fast(**extra):
 
 @pytest.mark.slow
 def test_readme_example_fit_predict_label_issues_and_load_run(sst5_frames, tmp_path):
-    block = re.search(r"## Python API.*?```python\n(.*?)```", README.read_text(), re.S).group(1)
+    block = re.search(r"```python\n(.*?)```", README.read_text(), re.S).group(1)
     small = block.replace("epochs=10", "epochs=2, warmup_epochs=1, batch_size=16, progress=False")
     small = small.replace('"runs/my-data"', repr(str(tmp_path / "run")))
     assert small.count("epochs=2") == 1 and small.count(str(tmp_path)) == 2  # the substitutions found their targets
@@ -112,7 +112,7 @@ def test_integer_labels_keep_numeric_order():
     (lambda: clearpeft.fit(["a", "b"], ["x", "x"]), "single class"),
     (lambda: clearpeft.fit(["a", "b"], ["x", None]), "string or an integer"),
     (lambda: clearpeft.fit(["a", "b"], ["x", "y"], epoch=3), "unknown option(s) epoch"),
-    (lambda: clearpeft.fit(["a", "b"], ["x", "y"], peft="loRA"), "unknown PEFT method 'loRA'"),
+    (lambda: clearpeft.fit(["a", "b"], ["x", "y"], peft="loRA"), "--peft must be lora, prompt, adapter, bitfit or full, got 'loRA'"),
     (lambda: clearpeft.fit({"txt": ["a"]}), "give texts and labels"),
     (lambda: clearpeft.load_run("/nonexistent/run"), "is not a finished clearpeft run"),
 ])

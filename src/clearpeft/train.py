@@ -219,6 +219,17 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False, pr
     return finish(s, history, train_seconds)
 
 
+def _forget_other_precision(precision: str) -> None:
+    """Accelerate keeps one precision per process and refuses another; in one process (fit() twice in a
+    notebook, once with bf16) the earlier run's state is dropped so the next run gets the precision it asks for.
+    Launched processes keep theirs: all of them run the same configuration."""
+    from accelerate.state import AcceleratorState, PartialState
+
+    if AcceleratorState._shared_state and AcceleratorState().mixed_precision != precision \
+            and PartialState().num_processes == 1:
+        AcceleratorState._reset_state()
+
+
 def start(cfg: TrainConfig, resume: bool, overwrite: bool, bundle=None, log=print) -> Session:
     """Check the run folder, load data and model (bad input fails here, before anything is written), write the
     run's first files, and prepare model, optimizer, loader and schedule with Accelerate."""
@@ -243,8 +254,10 @@ def start(cfg: TrainConfig, resume: bool, overwrite: bool, bundle=None, log=prin
     compiled = compile_decision(cfg, planned_batches(cfg, len(data.train)))
     # One process per device under `accelerate launch` / torchrun. split_batches: --batch-size stays the
     # global batch (each process takes its share), so a run means the same on any number of processes.
+    precision = "bf16" if cfg.bf16 else "no"
+    _forget_other_precision(precision)
     accelerator = Accelerator(
-        cpu=not torch.cuda.is_available(), mixed_precision="bf16" if cfg.bf16 else "no",
+        cpu=not torch.cuda.is_available(), mixed_precision=precision,
         log_with=None if cfg.log_with == "none" else cfg.log_with,
         project_config=ProjectConfiguration(project_dir=str(cfg.out), logging_dir=str(Path(cfg.out) / "logs")),
         dataloader_config=DataLoaderConfiguration(split_batches=True),
