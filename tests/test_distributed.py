@@ -21,7 +21,7 @@ TORCHRUN_ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(HELPERS)
 
 
 def torchrun(*args, cwd=None):
-    return subprocess.run([*TORCHRUN, *args], capture_output=True, text=True, env=TORCHRUN_ENV, cwd=cwd, timeout=900)
+    return subprocess.run([*TORCHRUN, *args], capture_output=True, text=True, env=TORCHRUN_ENV, cwd=cwd, timeout=1800)
 
 
 def test_gathered_pass_equals_one_process(tmp_path):
@@ -93,7 +93,7 @@ def test_two_process_run_matches_one_process(tmp_path):
              "--epochs", "2", "--warmup-epochs", "1", "--max-train-samples", "512", "--max-eval-samples", "500",
              "--lr", "1e-2", "--eval-passes", "1", "--seed", "0", "--json"]
     single = subprocess.run([sys.executable, "-m", "clearpeft", "train", *flags, "--out", str(tmp_path / "one")],
-                            capture_output=True, text=True, timeout=900)
+                            capture_output=True, text=True, timeout=1800)
     assert single.returncode == 0, single.stderr[-3000:]
     multi = torchrun("-m", "clearpeft", "train", *flags, "--out", str(tmp_path / "two"))
     assert multi.returncode == 0, multi.stderr[-3000:]

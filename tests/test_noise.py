@@ -1,6 +1,7 @@
 """Label noise: spec parsing, realized rates on the real SST-5 training labels, reproducibility."""
 
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -164,3 +165,31 @@ def test_instance_noise_on_real_sst5_embeddings(sst5):
         others = np.delete(rows, c, axis=1) / flip[:, None]  # where a flip goes: depends on the embedding
         assert flip.std() > 0.05, c
         assert (others.std(axis=0) > 0.05).all(), c
+
+
+def test_embedding_cache_is_keyed_by_the_model_content(tmp_path, monkeypatch):
+    """The same model in another folder (a fresh clone's environment) reuses the cached embeddings; a model
+    whose files differ does not."""
+    import shutil
+
+    from clearpeft import backbone
+
+    monkeypatch.setenv("CLEARPEFT_CACHE", str(tmp_path / "cache"))
+    installed = Path(backbone.resolve_model(None))
+    copy = tmp_path / "elsewhere" / "model"
+    shutil.copytree(installed, copy)
+    texts = ["a great movie", "the worst film of the year", "it is a film"]
+    first = backbone.embed_texts(texts)
+    assert first.shape == (3, 384) and len(list((tmp_path / "cache" / "embeddings").glob("*.npy"))) == 1
+    assert backbone.model_fingerprint(str(copy)) == backbone.model_fingerprint(None)
+
+    def refuse(*args):
+        raise AssertionError("embedded again although the same model's embeddings are cached")
+
+    monkeypatch.setattr(backbone, "_embed", refuse)
+    assert np.array_equal(backbone.embed_texts(texts, model=str(copy)), first)
+    with open(copy / "config.json", "a") as handle:
+        handle.write("\n")  # the same weights, another file: another model as far as the cache knows
+    assert backbone.model_fingerprint(str(copy)) != backbone.model_fingerprint(None)
+    with pytest.raises(AssertionError, match="embedded again"):
+        backbone.embed_texts(texts, model=str(copy))

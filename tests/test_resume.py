@@ -48,7 +48,7 @@ def kill_when(run, proc, epoch, phase, delay=0.0):
 def whole(tmp_path_factory):
     """One uninterrupted run, the reference of both tests (and the damaged test's starting point)."""
     run = tmp_path_factory.mktemp("resume") / "whole"
-    done = subprocess.run(command(run), capture_output=True, text=True, timeout=900)
+    done = subprocess.run(command(run), capture_output=True, text=True, timeout=1800)
     assert done.returncode == 0, done.stderr[-2000:]
     return run, json.loads(done.stdout)
 
@@ -65,7 +65,7 @@ def test_kill_at_three_moments_and_resume_matches_uninterrupted(tmp_path, whole)
                                 stderr=subprocess.DEVNULL)
         kill_when(run, proc, epoch, phase, delay)
         assert not (run / "summary.json").exists()
-    again = subprocess.run(command(run, "--resume"), capture_output=True, text=True, timeout=900)
+    again = subprocess.run(command(run, "--resume"), capture_output=True, text=True, timeout=1800)
     assert again.returncode == 0, again.stderr[-2000:]
     assert "resuming after epoch 3" in again.stderr
     assert rows(run) == rows(reference)
@@ -80,7 +80,7 @@ def test_damaged_checkpoint_falls_back_to_the_previous(tmp_path, whole):
     weights = next(newest.glob("*.safetensors"))
     weights.write_bytes(weights.read_bytes()[:-100])  # truncated
     (run / "summary.json").unlink()  # as if killed after the last checkpoint, before the summary
-    again = subprocess.run(command(run, "--resume"), capture_output=True, text=True, timeout=900)
+    again = subprocess.run(command(run, "--resume"), capture_output=True, text=True, timeout=1800)
     assert again.returncode == 0, again.stderr[-2000:]
     assert "damaged" in again.stderr and "resuming after epoch 3" in again.stderr
     assert rows(run) == reference

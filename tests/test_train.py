@@ -113,20 +113,20 @@ def test_cli_train_and_predict(tmp_path):
     cmd = [sys.executable, "-m", "clearpeft", "train", "--dataset", "sst5", "--peft", "bitfit", "--noise",
            "symmetric:0.6", "--routing", "clean", "--epochs", "2", "--warmup-epochs", "1", "--max-train-samples",
            "128", "--max-eval-samples", "64", "--seed", "0", "--out", str(out), "--json"]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
     assert done.returncode == 0, done.stderr[-2000:]
     summary = json.loads(done.stdout)
     assert summary["method"] == "bitfit" and summary["epochs"] == 2
-    again = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
     assert again.returncode == 2 and "already holds a run" in again.stderr and "Traceback" not in again.stderr
     pred = subprocess.run([sys.executable, "-m", "clearpeft", "predict", str(out), "--text", "a great movie .",
-                           "--text", "awful .", "--json"], capture_output=True, text=True, timeout=300)
+                           "--text", "awful .", "--json"], capture_output=True, text=True, timeout=1800)
     assert pred.returncode == 0, pred.stderr[-2000:]
     rows = json.loads(pred.stdout)
     assert len(rows) == 2 and all(abs(sum(r["probabilities"]) - 1) < 1e-4 for r in rows)
     assert rows[0]["label_name"] in json.loads((out / "config.json").read_text())["label_names"]
     issues = subprocess.run([sys.executable, "-m", "clearpeft", "label-issues", str(out), "--top", "5"],
-                            capture_output=True, text=True, timeout=300)
+                            capture_output=True, text=True, timeout=1800)
     assert issues.returncode == 0, issues.stderr[-2000:]
     lines = issues.stdout.splitlines()
     with open(out / "clean_probs.csv") as handle:
@@ -142,7 +142,7 @@ def test_yaml_config_with_flag_override(tmp_path):
     config.write_text("peft: bitfit\nrouting: none\nepochs: 5\nmax-train-samples: 64\nmax_eval_samples: 32\n")
     out = tmp_path / "yaml"
     done = subprocess.run([sys.executable, "-m", "clearpeft", "train", "--config", str(config), "--epochs", "1",
-                           "--out", str(out), "--json"], capture_output=True, text=True, timeout=600)
+                           "--out", str(out), "--json"], capture_output=True, text=True, timeout=1800)
     assert done.returncode == 0, done.stderr[-2000:]
     saved = json.loads((out / "config.json").read_text())
     assert saved["peft"] == "bitfit" and saved["epochs"] == 1 and saved["max_train_samples"] == 64

@@ -88,12 +88,29 @@ def load_classifier(name: str | None, num_labels: int, seed: int = 0):
     return model
 
 
+def model_fingerprint(name: str | None) -> str:
+    """What identifies the encoder's weights: a hash of a local folder's files (config, tokenizer, weights), so
+    the same model installed in another place (a fresh clone's virtual environment) shares cached results;
+    a hub name is its own identity."""
+    import hashlib
+    import json
+
+    from .runs import folder_digests
+
+    where = Path(resolve_model(name))
+    if not where.is_dir():
+        return str(name)
+    digests = {k: v for k, v in folder_digests(where).items() if not k.rsplit("/", 1)[-1].startswith(".")}
+    return hashlib.sha256(json.dumps(digests, sort_keys=True).encode()).hexdigest()
+
+
 def embed_texts(texts: list[str], model: str | None = None, batch_size: int = 128, max_length: int = 128) -> np.ndarray:
     """Mean-pooled sentence embeddings of the frozen encoder (for instance-dependent noise), cached on disk
-    (``$CLEARPEFT_CACHE``, default ``~/.cache/clearpeft``) by model and texts: a full SST-5 pass costs ~50 s."""
+    (``$CLEARPEFT_CACHE``, default ``~/.cache/clearpeft``) by the model's content and the texts: a pass over a
+    full data set is slow on a CPU and is paid once."""
     import hashlib
 
-    key = hashlib.sha256("\x00".join([resolve_model(model), str(max_length), *texts]).encode()).hexdigest()[:32]
+    key = hashlib.sha256("\x00".join([model_fingerprint(model), str(max_length), *texts]).encode()).hexdigest()[:32]
     cache = Path(os.environ.get("CLEARPEFT_CACHE", Path.home() / ".cache" / "clearpeft")) / "embeddings"
     path = cache / f"{key}.npy"
     if path.exists():
