@@ -80,7 +80,7 @@ class Run:
         import pandas as pd
 
         frame = pd.read_csv(self.folder / "clean_probs.csv", keep_default_na=False)
-        if "given_label_name" in frame:  # reports of runs made before 2026-11-26 (ids, names, p only)
+        if "given_label_name" in frame:  # reports of older runs (ids, names, p only)
             frame = frame.rename(columns={"given_label": "given_label_id", "predicted_label": "predicted_label_id",
                                           "given_label_name": "given_label", "predicted_label_name": "predicted_label"})
             frame["label_score"] = frame["clean_prob"]

@@ -3,7 +3,7 @@
     p = CleanProbability(ema=0.9).fit(losses)               # 2-component GMM on the (smoothed) losses
     r = sample_gates("clean", p[batch_index], gamma, num_layers, generator)   # r ~ Bernoulli(γ·p)
 
-``clean-auto`` is CleaR with a guard (issue 21): it trains as plain PEFT (every module on, no consistency
+``clean-auto`` is CleaR with a guard (docs/clean-auto.md): it trains as plain PEFT (every module on, no consistency
 loss; warm-up too: CleaR's warm-up gates, tried, lowered dev accuracy) until a fit of the losses shows a mode
 of wrong labels, and from then on routes as CleaR for every epoch whose fit shows one. A mode of wrong labels
 is a high-loss component that is (1) a mode of its own, Ashman's D of the two components above
@@ -39,7 +39,7 @@ NEAR_CHANCE_FRACTION = 0.9
 
 
 def gate_probability(strategy: str, p: torch.Tensor, gamma: float) -> torch.Tensor:
-    """Probability that a sample's PEFT module is on, per sample (SPEC.md, ablations)."""
+    """Probability that a sample's PEFT module is on, per sample (the paper's ablations: docs/method.md)."""
     if strategy in ("clean", "clean-auto"):  # clean-auto's stand-down epochs draw no gates at all
         return gamma * p
     if strategy == "deterministic":

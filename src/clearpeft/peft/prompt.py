@@ -8,7 +8,7 @@ for the prefix positions, so r = 1 attends to the prompts as plain prefix tuning
 
 Position ids: with a cache the backbone would number the tokens from the prefix length on, so that even
 with every gate at 0 the model would differ from the frozen one. We undo that shift (tokens keep
-positions 0..T-1, as without prompts), which makes r = 0 exactly the frozen layer (SPEC.md, step 4).
+positions 0..T-1, as without prompts), which makes r = 0 exactly the frozen layer (docs/method.md).
 """
 
 from __future__ import annotations
