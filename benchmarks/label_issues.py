@@ -1,4 +1,4 @@
-"""How well clearpeft's label-issue report finds the corrupted training labels, against cleanlab (issue 20).
+"""How well clearpeft's label-issue report finds the corrupted training labels, against cleanlab.
 
     pip install -e ".[compare]"                                          # cleanlab: only for this benchmark
     clearpeft grid experiments/label_issues.yaml --out runs/label_issues  # plain and CleaR LoRA, 7 settings
@@ -203,7 +203,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs_dir", nargs="?", default="runs/label_issues", type=Path)
     parser.add_argument("--out", default=ROOT / "results" / "label_issues.csv", type=Path,
-                        help="the detectors of issue 20; the other rows go to <out stem>_candidates.csv")
+                        help="the detectors compared; the other rows go to <out stem>_candidates.csv")
     parser.add_argument("--only", help="settings whose noise is this, e.g. symmetric:0.2 (a quick look; the CSVs "
                                            "are written for them only)")
     args = parser.parse_args()

@@ -1,5 +1,5 @@
 """Does compiling pay over a whole long run? A full-data SST-5 CleaR-LoRA run (bf16, 3 epochs, 1 of warm-up)
-eager, then compiled twice, each in a fresh process (issue 18). Not a test: only the ratios of one invocation
+eager, then compiled twice, each in a fresh process. Not a test: only the ratios of one invocation
 mean something on a shared machine.
 
     python benchmarks/long_run.py [--epochs 3] [--max-train-samples N] [--cache-dir DIR] [--model M]

@@ -1,5 +1,5 @@
 """How close is the estimated noise rate to the realized one? Every finished run folder under the given roots
-with fit statistics in its metrics.jsonl (issue 21).
+with fit statistics in its metrics.jsonl.
 
     python benchmarks/noise_rate.py results/cpu-clean-auto results/converged-gpu runs/label_issues
 

@@ -1,4 +1,4 @@
-"""Learning rates and the epoch budget of the converged protocol (issue 17), chosen on dev, never on test.
+"""Learning rates and the epoch budget of the converged protocol, chosen on dev, never on test.
 
 Plain PEFT (routing none) on the full *clean* training set at the reference code's constant learning rate,
 per data set x method (SST-5: its dev split; BANKING77: 10% of train held out as dev):
@@ -120,7 +120,7 @@ def protocol_yaml(best: dict, budget: dict, args) -> str:
     """The converged grid: the paper's regime (full training sets, constant rate, E epochs, k = 3)."""
     epochs = max(b["epochs"] for b in budget.values())
     lines = [
-        "# The converged protocol (issue 17): the paper's regime on the default backbone. Written by",
+        "# The converged protocol: the paper's regime on the default backbone. Written by",
         "# experiments/lr_sweep_full.py from the dev-scored sweep in results/lr_sweep_full.csv; do not edit by hand.",
         "#",
         "#   clearpeft grid experiments/converged.yaml --out results/converged [--workers 8 on a GPU]",
@@ -132,7 +132,7 @@ def protocol_yaml(best: dict, budget: dict, args) -> str:
             f"{d}: plateau {b['plateau']}, E {b['epochs']}" for d, b in budget.items()) + ").",
         "# Warm-up k = 3, the paper's.",
         "# Order: P1 (60% symmetric) and P2 (clean) from the axes, then the extra cells: P3 (seeds 1 and 2 of P1's",
-        "# PEFT cells), issue 21's clean-auto cells and P4 (SST-5 instance 60%, asymmetric 40%). The grid runs seed 0",
+        "# PEFT cells), clean-auto cells and P4 (SST-5 instance 60%, asymmetric 40%). The grid runs seed 0",
         "# first, so experiments/gpu/converged.sh drops the seed-0 extras from its copy until P3 is in.",
         "",
         "base:",
@@ -163,7 +163,7 @@ def protocol_yaml(best: dict, budget: dict, args) -> str:
         "  # P3: two more seeds of P1's PEFT and CleaR-PEFT cells",
         "  - {dataset: [sst5, banking77], noise: symmetric:0.6, method: [lora, adapter, bitfit, prompt],",
         "     routing: [none, clean], seed: [1, 2]}",
-        "  # issue 21: CleaR with the stand-down guard, on the P1 and P2 settings",
+        "  # CleaR with the stand-down guard, on the P1 and P2 settings",
         "  - {dataset: [sst5, banking77], noise: [symmetric:0.6, clean], method: [lora, adapter, bitfit, prompt],",
         "     routing: clean-auto}",
         "  - {dataset: sst5, noise: instance:0.6, method: [lora, adapter, bitfit, prompt, full], routing: [none, clean]}",

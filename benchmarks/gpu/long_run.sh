@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One device call (issue 18): benchmarks/long_run.py on the GPU, eager then compiled twice (cold and warm
+# One device call: benchmarks/long_run.py on the GPU, eager then compiled twice (cold and warm
 # Inductor cache), each a fresh process; the JSON line and the machine's description come back in
 # $OUT/long-run-gpu/ (copy them to results/long-run-gpu/). Expects the carried folder .gpu_carry/ with data/ (a copy
 # of ../shared/data) and minilm/ (the default backbone as a bf16 safetensors copy, loaded as fp32), as

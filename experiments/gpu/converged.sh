@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One device call (issue 17): with SWEEP=1 the dev-scored sweep and the protocol it writes (the first session
+# One device call: with SWEEP=1 the dev-scored sweep and the protocol it writes (the first session
 # did that: experiments/converged.yaml), else the committed protocol; then the converged grid in its
 # priority order, 16 runs at a time on one GPU (one per core), until DEADLINE seconds have passed; results come back as
 # tarballs in $OUT (run folders without weights and checkpoints). The grid writes into runs/gpu/grid (ignored,
