@@ -39,3 +39,26 @@ def banking77(data_dir):
     from clearpeft.data import load_data
 
     return load_data("banking77", str(data_dir))
+
+
+@pytest.fixture
+def backbone_variant(tmp_path):
+    """variant(**config) -> a model folder: the default backbone's files linked, its config.json changed
+    (dropout off, fewer layers: the layers kept load their pre-trained weights)."""
+    import json
+
+    from clearpeft.backbone import resolve_model
+
+    def variant(**changes) -> Path:
+        source = Path(resolve_model("default"))
+        folder = tmp_path / "backbone-variant"
+        folder.mkdir()
+        for item in source.iterdir():
+            if item.name != "config.json":
+                (folder / item.name).symlink_to(item)
+        config = json.loads((source / "config.json").read_text())
+        config.update(changes)
+        (folder / "config.json").write_text(json.dumps(config))
+        return folder
+
+    return variant

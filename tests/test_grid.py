@@ -23,7 +23,8 @@ from clearpeft.train import TrainConfig, config_defaults
 
 REPO = Path(__file__).parents[1]
 AXES = "datasets: [sst5]\nnoises: [symmetric:0.6]\nmethods: [bitfit]\nroutings: [none, clean]\nseeds: [0]\n"
-TINY = "base: {max_train_samples: 48, max_eval_samples: 24, epochs: 2, warmup_epochs: 1, batch_size: 16}\n" + AXES
+TINY = ("base: {max_train_samples: 48, max_eval_samples: 24, epochs: 2, warmup_epochs: 1, batch_size: 16, "
+        "max_length: 32}\n" + AXES)
 FIRST_RUN = Path("sst5/symmetric-0.6/bitfit-none-reg0-s0")
 SECOND_RUN = Path("sst5/symmetric-0.6/bitfit-clean-reg1-s0")
 

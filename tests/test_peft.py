@@ -1,4 +1,4 @@
-"""The routing gates of every PEFT method on the real default backbone (issue 3's acceptance checks)."""
+"""The routing gates of every PEFT method on the real default backbone ."""
 
 import json
 import subprocess

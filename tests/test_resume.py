@@ -18,8 +18,8 @@ pytestmark = pytest.mark.slow
 def command(out, *extra):
     return [sys.executable, "-m", "clearpeft", "train", "--dataset", "sst5", "--peft", "adapter", "--noise",
             "symmetric:0.6", "--routing", "clean", "--epochs", "4", "--warmup-epochs", "2", "--max-train-samples",
-            "160", "--max-eval-samples", "48", "--batch-size", "16", "--seed", "3", "--out", str(out), "--json",
-            *extra]
+            "160", "--max-eval-samples", "48", "--batch-size", "16", "--max-length", "32", "--seed", "3",
+            "--out", str(out), "--json", *extra]
 
 
 def rows(run):
