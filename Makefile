@@ -15,7 +15,14 @@ $(BIN)/clearpeft: pyproject.toml constraints.txt
 	$(BIN)/pip install --quiet -c constraints.txt -e ".[test,compare]"
 	touch $(BIN)/clearpeft
 
+# The review page's browser test drives Debian's chromium and chromium-driver: installed when missing, where
+# apt-get is there and we are root (elsewhere that test is skipped and says why).
 setup: $(BIN)/clearpeft
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+	  (command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] && echo "installing chromium for the browser test" && \
+	   (DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null || \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver \
+	     >/dev/null))) || true
 
 # The demo: CleaR-LoRA on 2,500 SST-5 sentences with 60% symmetric label noise on the default backbone
 # (all-MiniLM-L6-v2), fp32, then the ten training labels it trusts least. About 5.5 minutes on 2 CPU cores.

@@ -8,7 +8,7 @@ import os
 import sys
 from pathlib import Path
 
-from .errors import UserError
+from .errors import RunStopped, UserError, WriteError
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str):  # one line, exit 2 (argparse prints the usage block otherwise)
@@ -159,31 +159,50 @@ def cmd_train(args) -> int:
     return 0
 
 
+def _file_texts(path: str):
+    """The non-empty lines of a text file, stripped, read as they are used (a file of a million texts is never
+    held in memory); the file is read through once first, so a bad byte fails before any output."""
+    def lines():
+        with open(path, encoding="utf-8") as handle:
+            for line in handle:
+                if line.strip():
+                    yield line.strip()
+
+    try:
+        count = sum(1 for _ in lines())
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"cannot read {path}: {exc}") from exc
+    return lines() if count else iter(())
+
+
 def cmd_predict(args) -> int:
     from .api import load_run
 
     run = load_run(args.run_dir)
-    if args.text is not None:
-        texts = list(args.text)
-    else:
-        try:
-            texts = [line.strip() for line in Path(args.file).read_text(encoding="utf-8").splitlines() if line.strip()]
-        except (OSError, UnicodeDecodeError) as exc:
-            raise UserError(f"cannot read {args.file}: {exc}") from exc
-    if not texts:
+    texts = iter(args.text) if args.text is not None else _file_texts(args.file)
+    first = next(texts, None)
+    if first is None:
         raise UserError("nothing to predict: give --text or a --file with one text per line")
-    probs = run.predict_proba(texts)
-    results = []
-    for text, row in zip(texts, probs):
-        k = int(row.argmax())
-        results.append({"text": text, "label": k, "label_name": run.label_names[k], "probability": float(row[k]),
-                        "probabilities": [round(float(v), 6) for v in row]})
+    out, count = sys.stdout, 0
+    # one batch at a time: memory stays that of a batch however many texts come (benchmarks/load.py)
+    for batch, probs in run.predict_proba_batches(_chain(first, texts)):
+        for text, row in zip(batch, probs):
+            k = int(row.argmax())
+            if args.json:
+                result = {"text": text, "label": k, "label_name": run.label_names[k], "probability": float(row[k]),
+                          "probabilities": [round(float(v), 6) for v in row]}
+                out.write(("[" if count == 0 else ", ") + json.dumps(result))
+            else:
+                out.write(f"{run.label_names[k]}\t{float(row[k]):.3f}\t{text}\n")
+            count += 1
     if args.json:
-        print(json.dumps(results))
-    else:
-        for r in results:
-            print(f"{r['label_name']}\t{r['probability']:.3f}\t{r['text']}")
+        out.write("]\n")
     return 0
+
+
+def _chain(first, rest):
+    yield first
+    yield from rest
 
 
 def cmd_label_issues(args) -> int:
@@ -199,6 +218,14 @@ def cmd_label_issues(args) -> int:
     for row in frame.itertuples():
         text = row.text if len(row.text) <= 100 else row.text[:97] + "..."
         print(f"{row.label_score:>6.3f}  {row.given_label[:24]:<24} {row.predicted_label[:24]:<24} {text}")
+    return 0
+
+
+def cmd_review(args) -> int:
+    from .api import load_run
+
+    path = load_run(args.run_dir).review(args.out)
+    print(json.dumps({"review": str(path)}) if args.json else f"wrote {path}: open it in a browser")
     return 0
 
 
@@ -310,6 +337,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_label_issues)
 
+    p = sub.add_parser("review", help="one HTML page to review the suspicious labels and export corrected data")
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("--out", metavar="FILE.html", help="the page (default: review.html in RUN_DIR)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_review)
+
     p = sub.add_parser("grid", help="run every cell of a YAML experiment grid (skips finished, resumes killed)")
     p.add_argument("config", metavar="CONFIG.yaml")
     p.add_argument("--out", help="folder for the run folders and results.csv (default: results/<config stem>)")
@@ -335,6 +368,12 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as exc:
         print(f"clearpeft: error: {exc}", file=sys.stderr)
         return 2
+    except WriteError as exc:  # not bad input: the command was right, the disk was not (docs/runs.md)
+        print(f"clearpeft: error: {exc}", file=sys.stderr)
+        return 1
+    except RunStopped as exc:
+        print(f"clearpeft: {exc.cli_line()}", file=sys.stderr)
+        return exc.exit_code
     except KeyboardInterrupt:
         print("clearpeft: interrupted", file=sys.stderr)
         return 130

@@ -10,9 +10,13 @@ any data is loaded. The constraints are declared next to each field, as scikit-l
 from __future__ import annotations
 
 import math
+import numbers
+import os
 import typing
 from dataclasses import MISSING, dataclass, field, fields, replace
 from typing import Any, Callable
+
+import numpy as np
 
 from .errors import UserError
 from .peft import METHODS, training_defaults
@@ -43,17 +47,50 @@ class Interval:
         return left_ok and right_ok
 
     def __str__(self) -> str:
+        def shown(x):  # whole bounds exactly (a seed's 4294967295), others as %g (a rate's 0.9)
+            return str(x) if isinstance(x, int) else f"{x:g}"
+
         if self.high is None:
-            return f"at least {self.low:g}" if self.closed in ("both", "left") else f"greater than {self.low:g}"
+            return f"at least {shown(self.low)}" if self.closed in ("both", "left") else \
+                f"greater than {shown(self.low)}"
         left = "[" if self.closed in ("both", "left") else "("
         right = "]" if self.closed in ("both", "right") else ")"
-        return f"in {left}{self.low:g}, {self.high:g}{right}"
+        return f"in {left}{shown(self.low)}, {shown(self.high)}{right}"
 
 
 AT_LEAST_1 = Interval(1)
 NON_NEGATIVE = Interval(0)
 POSITIVE = Interval(0, None, "neither")
 UNIT = Interval(0.0, 1.0)
+# Whole numbers go to torch and numpy as int64: beyond this they overflow there (after the data is loaded).
+INT_LIMIT = 2**63 - 1
+# torch.manual_seed takes the seed times 1009 plus the epoch (train.train_steps): it must stay in 64 bits.
+SEEDS = Interval(0, 2**32 - 1)
+
+
+def _path_text(value: str) -> str:
+    """Text that names a file or folder: the OS must be able to take it (no NUL byte, encodable)."""
+    try:
+        if "\x00" in value:
+            raise ValueError("a NUL byte")
+        os.fsencode(value)
+    except (ValueError, UnicodeError) as exc:
+        reason = "a NUL byte" if "\x00" in value else f"not encodable as a file name ({exc.__class__.__name__})"
+        raise UserError(f"{value!r:.60} is no path: it holds {reason}") from None
+    return value
+
+
+def _dataset_name(value: str) -> str:
+    """A registered data set, a local .csv/.tsv/.jsonl file (read later, with its own errors), or the API's
+    in-memory data."""
+    from .data.loaders import LOCAL_SUFFIXES, REGISTERED
+
+    _path_text(value)
+    key = value.strip().lower()
+    if key in REGISTERED or key.endswith(LOCAL_SUFFIXES) or value.startswith("in-memory:"):
+        return value
+    raise UserError(f"unknown data set {value!r:.60}: use one of {', '.join(REGISTERED)} or a local file ending "
+                    ".csv, .tsv or .jsonl")
 
 
 def _noise_spec(value: str) -> str:
@@ -75,14 +112,15 @@ class TrainConfig:
     """One run's options, the one source of their defaults, checks and help: the CLI's `train` flags, the YAML
     keys and the keywords of ``fit`` are made from these fields."""
 
-    dataset: str = option("sst5", "sst5, banking77, or a local .csv/.tsv/.jsonl file")
-    data_dir: str | None = option(None, "folder with sst5/ and banking77/ (default: $CLEARPEFT_DATA, else the hub)")
+    dataset: str = option("sst5", "sst5, banking77, or a local .csv/.tsv/.jsonl file", _dataset_name)
+    data_dir: str | None = option(None, "folder with sst5/ and banking77/ (default: $CLEARPEFT_DATA, else the hub)",
+                                  _path_text)
     text_column: str = option("text", "column (or JSON key) of the texts in a local file")
     label_column: str = option("label", "column (or JSON key) of the labels in a local file")
     test_file: str | None = option(None, "separate test file for a local data set; without it a seeded 20% "
-                                         "per-class hold-out of the file is the test split")
+                                         "per-class hold-out of the file is the test split", _path_text)
     model: str = option("default", "encoder: default (the packaged all-MiniLM-L6-v2), or a hub name or local folder "
-                                   "of a BERT, RoBERTa, DeBERTa, ...")
+                                   "of a BERT, RoBERTa, DeBERTa, ...", _path_text)
     peft: str = option("lora", "PEFT method (full: full fine-tuning, the baseline)", tuple(METHODS))
     routing: str = option("clean-auto", "clean-auto (CleaR that stands down, as plain PEFT, while the losses show no "
                                         "mode of wrong labels: safe on clean data) | clean (CleaR exactly as the "
@@ -142,9 +180,9 @@ class TrainConfig:
                                   "repay the compile time (benchmarks/long_run.py); off on a GPU (not measured "
                                   "there yet)", ("auto", "on", "off"))
     seed: int = option(0, "seed of the subset, the noise, the initialization, the order and every gate draw",
-                       NON_NEGATIVE)
+                       SEEDS)
     log_with: str = option("none", "trackers of Accelerate", ("none", "tensorboard", "wandb", "all"))
-    out: str = option("runs/latest", "run folder")
+    out: str = option("runs/latest", "run folder", _path_text)
 
     @classmethod
     def from_mapping(cls, values: dict, where: str = "") -> "TrainConfig":
@@ -198,38 +236,67 @@ def _at(where: str) -> str:
 
 def _coerce(f, value: Any, where: str = "") -> Any:
     """``value`` as field ``f`` takes it. Number-like text is a number where one is wanted (YAML reads
-    ``1e-3`` as text); an integral float is an int where one is wanted (``epochs: 10.0``); nothing else is
-    converted."""
+    ``1e-3`` as text); an integral float is an int where one is wanted (``epochs: 10.0``); numpy's numbers count
+    as numbers (a notebook's ``np.int64(3)``); nothing else is converted. Numbers are finite, whole numbers fit
+    in 64 bits."""
     kinds = field_kinds(f)
     if value is None and type(None) in kinds:
         return None
     if bool in kinds:
-        if isinstance(value, bool):
-            return value
-    elif isinstance(value, bool):
+        if isinstance(value, (bool, np.bool_)):  # numpy's bool too
+            return bool(value)
+    elif isinstance(value, (bool, np.bool_)):
         pass  # True is not a number of epochs
     elif int in kinds:
         number = _number(value)
-        if number is not None and float(number).is_integer():
+        if isinstance(number, int) and abs(number) <= INT_LIMIT:
+            return number
+        if isinstance(number, float) and math.isfinite(number) and number.is_integer() and abs(number) <= INT_LIMIT:
             return int(number)
     elif float in kinds:
-        number = _number(value)
+        number = _finite(_number(value))
         if number is not None:
-            return float(number)
+            return number
     elif isinstance(value, str):
         return value
     wanted = {bool: "true or false", int: "an integer", float: "a number", str: "text"}
     what = " or ".join(wanted[k] for k in kinds if k is not type(None))
-    raise UserError(f"{_at(where)}{flag(f.name)} must be {what}, got {value!r}")
+    number = _number(value) if int in kinds or float in kinds else None
+    if isinstance(number, int) and int in kinds and abs(number) > INT_LIMIT:
+        what = f"an integer of at most {INT_LIMIT}"
+    elif number is not None and _finite(number) is None:
+        what = "a finite number"
+    raise UserError(f"{_at(where)}{flag(f.name)} must be {what}, got {value!r:.60}")
+
+
+def _finite(number: float | int | None) -> float | None:
+    """``number`` as a finite float, else None (NaN, infinities, and ints too large for a float)."""
+    try:
+        number = None if number is None else float(number)
+    except OverflowError:
+        return None
+    return number if number is not None and math.isfinite(number) else None
 
 
 def _number(value: Any) -> float | int | None:
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return value
-    if isinstance(value, str):
+    """``value`` as a Python int or float, or None when it is no number. Whole-number text stays exact
+    (``"9007199254740993"`` does not go through a float)."""
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        return int(value)
+    if isinstance(value, numbers.Real) and not isinstance(value, bool):
         try:
-            return float(value.strip())
+            return float(value)
+        except OverflowError:  # a Fraction too large for a float
+            return math.inf
+    if isinstance(value, str):
+        text = value.strip()
+        try:
+            return int(text)
         except ValueError:
+            pass
+        try:
+            return float(text)
+        except (ValueError, OverflowError):
             return None
     return None
 

@@ -17,8 +17,12 @@ continues exactly.
 from __future__ import annotations
 
 import csv
+import errno
 import io
 import math
+import os
+import signal
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -29,7 +33,7 @@ import torch.nn.functional as F
 
 from . import clear, runs
 from .config import COMPILE_BREAK_EVEN_BATCHES, TrainConfig, config_defaults
-from .errors import UserError
+from .errors import RunStopped, UserError, WriteError
 from .label_issues import label_issue_flags
 from .metrics import accuracy, detection_quality, summarize_curve, training_dynamics
 from .routing import CleanProbability, gates_from_draws
@@ -160,6 +164,7 @@ class Session:
     loader: object
     scheduler: object
     compiled: bool
+    checkpoint: Path | None = None  # the vetted checkpoint a resume restores (runs.resumable_checkpoint)
 
 
 def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False, progress: bool = True,
@@ -172,11 +177,73 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False, pr
     if cfg.routing != "none" and cfg.warmup_epochs >= cfg.epochs:
         log(f"warning: --warmup-epochs {cfg.warmup_epochs} >= --epochs {cfg.epochs}: CleaR will never route "
             "by clean probability (every epoch is warm-up)")
+    # One run per folder (runs.RunLock); SIGTERM and Ctrl-C end the run with the lock released and the newest
+    # checkpoint intact (it is committed by one rename), as one RunStopped.
+    lock = runs.RunLock(cfg.out, log)
+    restore = _raise_on_sigterm()
+    try:
+        lock.acquire()
+        return _train(cfg, resume, overwrite, progress, log, data)
+    except KeyboardInterrupt as exc:  # RunStopped from the SIGTERM handler too
+        done = _epochs_done(cfg.out)
+        _status_stopped(cfg.out, done)
+        raise RunStopped(getattr(exc, "signal_name", "SIGINT"), done, cfg.out) from None
+    except WriteError as exc:
+        exc.hint = exc.hint or _resume_hint(cfg.out)
+        raise
+    except OSError as exc:  # a write that no writer in runs.py wrapped (a tracker's log, say)
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO, errno.EFBIG):
+            raise
+        raise WriteError(exc.filename or cfg.out, os.strerror(exc.errno), exc.errno, _resume_hint(cfg.out)) from exc
+    finally:
+        restore()
+        lock.release()
+
+
+def _epochs_done(out) -> int | None:
+    """Epochs a resume would not redo (the newest intact checkpoint's), read from the folder itself, so the
+    line of a stopped run is right whatever moment the signal came; None: the run never started."""
+    if not (Path(out) / runs.CONFIG).exists():
+        return None
+    newest = runs.newest_intact_checkpoint(out)
+    return 0 if newest is None else int(newest.name.split("-")[1]) + 1
+
+
+def _resume_hint(out) -> str:
+    newest = runs.newest_intact_checkpoint(out) if (Path(out) / runs.CONFIG).exists() else None
+    kept = "no checkpoint yet" if newest is None else f"{newest} is intact"
+    return f"{kept}; --resume continues once the write can succeed"
+
+
+def _raise_on_sigterm():
+    """Make SIGTERM raise RunStopped in the main thread (a second SIGTERM ends the process at once); returns
+    what puts the previous handler back. Outside the main thread signals cannot be set: nothing changes."""
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+
+    def stop(signum, frame):
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        raise RunStopped("SIGTERM", None, "")
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    return lambda: signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
+
+
+def _status_stopped(out, done: int | None) -> None:
+    """status.json says the run stopped (best effort: the disk may be full, the folder gone)."""
+    if runs.is_main_launch_process() and (Path(out) / runs.CONFIG).exists():
+        try:
+            runs.atomic_write_json(Path(out) / "status.json", {"epoch": done, "phase": "stopped", "time": time.time()})
+        except Exception:
+            pass
+
+
+def _train(cfg: TrainConfig, resume: bool, overwrite: bool, progress: bool, log, data) -> dict:
     s = start(cfg, resume, overwrite, data, log)
     if not s.accelerator.is_main_process:  # only the main process talks to the user
         progress, log = False, (lambda *args, **kwargs: None)
     start_epoch, arrays, train_seconds = 0, None, 0.0
-    restored = s.folder.load_checkpoint(log) if resume else None
+    restored = s.folder.load_checkpoint(s.checkpoint, log) if resume else None
     if restored is not None:
         start_epoch, arrays, train_seconds = restored
     history = s.folder.history(start_epoch)
@@ -244,6 +311,9 @@ def start(cfg: TrainConfig, resume: bool, overwrite: bool, bundle=None, log=prin
 
     config = asdict(cfg)
     out = runs.check_run_dir(cfg.out, config, resume=resume, overwrite=overwrite, defaults=config_defaults())
+    # before any data is loaded: a checkpoint whose files would run code is refused here, untouched
+    checkpoint = runs.resumable_checkpoint(out, log if runs.is_main_launch_process() else (lambda *a: None)) \
+        if resume else None
     encoder_config(cfg.model)
     tokenizer = load_tokenizer(cfg.model)
     data = prepare_data(cfg, tokenizer, bundle)
@@ -286,7 +356,8 @@ def start(cfg: TrainConfig, resume: bool, overwrite: bool, bundle=None, log=prin
         accelerator.init_trackers("clearpeft", config={k: v for k, v in config.items() if v is not None})
     if compiled:
         compile_inner_model(core)
-    return Session(cfg, accelerator, folder, data, core, model, optimizer, train_loader, scheduler, compiled)
+    return Session(cfg, accelerator, folder, data, core, model, optimizer, train_loader, scheduler, compiled,
+                   checkpoint)
 
 
 def native_bf16_cpu() -> bool:

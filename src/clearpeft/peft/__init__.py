@@ -97,19 +97,31 @@ class RoutedClassifier(nn.Module):
         """Write the trained pieces (safetensors) and, for LoRA/Prompt, peft's own adapter folder."""
         from safetensors.torch import save_file
 
+        from ..runs import writing  # a failed write (a full disk) is one line naming the file
+
         folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
+        with writing(folder):
+            folder.mkdir(parents=True, exist_ok=True)
         state = {n: t.contiguous().cpu() for n, t in self.trainable_state().items()}
         tmp = folder / (WEIGHTS_FILE + ".tmp")
-        save_file(state, str(tmp))
-        tmp.replace(folder / WEIGHTS_FILE)
+        with writing(folder / WEIGHTS_FILE):
+            try:
+                save_file(state, str(tmp))
+                tmp.replace(folder / WEIGHTS_FILE)
+            finally:
+                tmp.unlink(missing_ok=True)  # a half-written file gives its space back
         meta = {"method": self.method, "config": asdict(self.config), "num_labels": self.num_labels}
         tmp = folder / (METHOD_FILE + ".tmp")
-        tmp.write_text(json.dumps(meta, indent=2))
-        tmp.replace(folder / METHOD_FILE)
+        with writing(folder / METHOD_FILE):
+            try:
+                tmp.write_text(json.dumps(meta, indent=2))
+                tmp.replace(folder / METHOD_FILE)
+            finally:
+                tmp.unlink(missing_ok=True)
         peft_model = self.peft_model()
         if peft_model is not None:
-            peft_model.save_pretrained(str(folder / "peft"))
+            with writing(folder / "peft"):
+                peft_model.save_pretrained(str(folder / "peft"))
 
     def load_trained(self, folder: str | Path) -> None:
         from safetensors.torch import load_file

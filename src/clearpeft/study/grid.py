@@ -48,7 +48,7 @@ from pathlib import Path
 from .. import runs
 from ..data import REGISTERED
 from ..data.loaders import LOCAL_SUFFIXES
-from ..errors import UserError
+from ..errors import RunLocked, UserError
 from ..noise import NoiseSpec
 from ..peft import METHODS
 from ..routing import STRATEGIES
@@ -267,7 +267,9 @@ def run_grid(config_path: str | Path, out_dir: str | Path, log=print, progress: 
     processes of their own, for a GPU that one small run leaves mostly idle), taken in cell order.
 
     A cell whose folder has summary.json is skipped, one with only config.json is resumed. results.csv is
-    rebuilt from all finished summaries after every run, so a killed and restarted grid ends the same.
+    rebuilt from all finished summaries after every run, so a killed and restarted grid ends the same. Each cell
+    runs under its folder's lock (runs.RunLock): two grids on one --out share the cells, each leaving to the
+    other the cells it has.
     """
     if workers < 1:
         raise UserError(f"--workers must be at least 1, got {workers}")
@@ -294,21 +296,29 @@ def run_grid(config_path: str | Path, out_dir: str | Path, log=print, progress: 
     jobs = [(run.cell, replace(run.config, out=str(out_dir / run.cell.folder)),
              (out_dir / run.cell.folder / runs.CONFIG).exists())
             for run in planned if not (out_dir / run.cell.folder / runs.SUMMARY).exists()]
-    for cell, summary in run_configs(jobs, workers, progress=progress, log=log, first=done + 1, total=total):
+    for cell, summary in run_configs(jobs, workers, progress=progress, log=log, first=done + 1, total=total,
+                                     cells=True):
+        if isinstance(summary, str):
+            log(f"skipped {cell}: {summary}")
+            continue
         seconds.append(summary["train_seconds"])
         done += 1
         write_results(out_dir, planned)
         eta = statistics.mean(seconds) * (total - done) / workers
         log(f"[{done}/{total} done] {cell}: peak {summary['peak_acc']:.1%} avg {summary['avg_acc']:.1%} "
             f"in {_duration(summary['train_seconds'])}; ETA {_duration(eta)}")
+    write_results(out_dir, planned)  # cells another grid finished meanwhile count too
+    done = sum((out_dir / r.cell.folder / runs.SUMMARY).exists() for r in planned)
     return {"config": str(config_path), "out": str(out_dir), "results": str(results), "runs": total,
             "finished": done, "ran_now": len(seconds)}
 
 
 def run_configs(jobs: list[tuple], workers: int = 1, progress: bool = False, log=print, first: int = 1,
-                total: int | None = None):
+                total: int | None = None, cells: bool = False):
     """Train each (key, TrainConfig, resume) job; yields (key, summary) as runs finish. ``workers`` > 1 runs
-    that many at once in spawned processes (each with its share of the CPU threads), in job order."""
+    that many at once in spawned processes (each with its share of the CPU threads), in job order. ``cells``:
+    grid cells (run_cell), whose resume is decided under the folder's lock; a cell left to another run yields
+    the reason (a str) instead of a summary."""
     if workers < 1:
         raise UserError(f"--workers must be at least 1, got {workers}")
     total = total or len(jobs)
@@ -319,7 +329,8 @@ def run_configs(jobs: list[tuple], workers: int = 1, progress: bool = False, log
     if workers == 1:
         for i, (key, config, resume) in enumerate(jobs):
             announce(i, key, config, resume)
-            yield key, train(config, resume=resume, overwrite=not resume, progress=progress, log=log)
+            yield key, (run_cell(config, progress, log) if cells else
+                        train(config, resume=resume, overwrite=not resume, progress=progress, log=log))
         return
     import multiprocessing
     import os
@@ -332,7 +343,7 @@ def run_configs(jobs: list[tuple], workers: int = 1, progress: bool = False, log
         pending = {}
         for i, (key, config, resume) in enumerate(jobs):
             announce(i, key, config, resume)  # queued: a worker takes it as soon as one is free
-            pending[pool.submit(_train_quietly, config, resume)] = key
+            pending[pool.submit(_train_quietly, config, resume, cells)] = key
         while pending:
             finished, _ = wait(pending, return_when=FIRST_COMPLETED)
             for future in finished:
@@ -345,8 +356,26 @@ def _worker_init(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
-def _train_quietly(config: TrainConfig, resume: bool) -> dict:
-    return train(config, resume=resume, overwrite=not resume, progress=False, log=lambda *a, **k: None)
+def _train_quietly(config: TrainConfig, resume: bool, cells: bool = False) -> dict | str:
+    quiet = lambda *a, **k: None  # noqa: E731
+    if cells:
+        return run_cell(config, False, quiet)
+    return train(config, resume=resume, overwrite=not resume, progress=False, log=quiet)
+
+
+def run_cell(config: TrainConfig, progress: bool = False, log=print) -> dict | str:
+    """One grid cell under its folder's lock, deciding there whether to resume: another grid on the same
+    folder may have started or finished the cell since this one planned. Returns the summary, or why the cell
+    was left alone (another live run has it, or finished it)."""
+    folder = Path(config.out)
+    try:
+        with runs.RunLock(folder, log):
+            if (folder / runs.SUMMARY).exists():
+                return "another run finished it meanwhile"
+            resume = (folder / runs.CONFIG).exists()
+            return train(config, resume=resume, overwrite=not resume, progress=progress, log=log)
+    except RunLocked as exc:
+        return f"in use by pid {exc.pid} on {exc.host}; left to that run"
 
 
 def _stale_fields(folder: Path, config: TrainConfig) -> list[str]:
