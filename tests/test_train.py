@@ -194,7 +194,7 @@ def test_estimate_from_train_uses_the_steps_and_skips_the_pass(lora_run, tmp_pat
     # The estimate differs from the pass's (train mode, mid-epoch weights), and warm-up is the same for both.
     assert cheap[0]["train_loss"] == faithful[0]["train_loss"]
     assert cheap[0]["detect_auc"] != faithful[0]["detect_auc"]
-    assert cheap[2]["gate_mean_clean"] != faithful[2]["gate_mean_clean"]
+    assert cheap[2]["detect_auc"] != faithful[2]["detect_auc"]  # another p, so other gates
 
 
 @pytest.mark.parametrize("pass_gates", ["random", "routed"])
