@@ -111,7 +111,7 @@ def read_jsonl(path: str | Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def _metric_rows(path: Path) -> list[dict]:
+def metric_rows(path: Path) -> list[dict]:
     """metrics.jsonl's rows, leaving out a line that is not whole (a write cut short by a full disk in an older
     version, or by the machine going down): its epoch is redone on resume anyway."""
     rows = []
@@ -237,7 +237,7 @@ class RunFolder:
     def history(self, before_epoch: int) -> list[dict]:
         """The metrics of the epochs before ``before_epoch``; metrics.jsonl is cut back to them (a run killed
         after its metrics line but before the checkpoint redoes that epoch)."""
-        rows = [m for m in _metric_rows(self.out / METRICS) if m["epoch"] < before_epoch]
+        rows = [m for m in metric_rows(self.out / METRICS) if m["epoch"] < before_epoch]
         self.accelerator.wait_for_everyone()
         if self.main:
             atomic_write_text(self.out / METRICS, "".join(json.dumps(m) + "\n" for m in rows))

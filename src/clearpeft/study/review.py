@@ -52,20 +52,11 @@ def _asset(name: str) -> str:
 
 
 def _metric_rows(path: Path) -> list[dict]:
-    """metrics.jsonl's whole rows; a damaged line costs its point on the curves, not the page."""
-    rows = []
+    """metrics.jsonl's whole rows; an unreadable file or line costs points on the curves, not the page."""
     try:
-        lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+        return runs.metric_rows(path)
     except OSError:
-        return rows
-    for line in lines:
-        try:
-            row = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(row, dict) and isinstance(row.get("epoch"), int):
-            rows.append(row)
-    return rows
+        return []
 
 
 def _number(value) -> float | None:
