@@ -136,7 +136,7 @@ def rewrite_old_report(folder: Path) -> None:
     data = prepare_data(cfg, load_tokenizer(cfg.model))
     core = load_model(folder / "weights", cfg.model)
     accelerator = Accelerator(cpu=True, mixed_precision="bf16" if cfg.bf16 else "no")  # as the run's own pass
-    runs.atomic_write_text(folder / "clean_probs.csv", label_issue_report(core, data, cfg, accelerator))
+    runs.atomic_write_text(folder / "clean_probs.csv", label_issue_report(core, data, cfg, accelerator)[0])
     print(f"rewrote {folder / 'clean_probs.csv'} in the current format", file=sys.stderr)
 
 

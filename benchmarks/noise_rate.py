@@ -50,10 +50,13 @@ def main() -> None:
             if fit is None:
                 continue
             est, weight = estimate(fit, len(config["label_names"]))
-            real = json.loads(summary_path.read_text())["realized_noise_rate"]
+            summary = json.loads(summary_path.read_text())
+            summary = summary.get("first_stage", summary)  # a --refit run: the first stage read the noise
             rows.append({"run": str(folder), "dataset": config["dataset"], "noise": config["noise"],
-                         "method": config["peft"], "routing": config["routing"], "realized": real,
-                         "estimated": est, "weight": weight})
+                         "method": config["peft"], "routing": config["routing"],
+                         "realized": summary["realized_noise_rate"], "estimated": est, "weight": weight,
+                         # confident learning's count (runs made since it is recorded): in-sample and on dev
+                         "cl": summary.get("cl_noise_rate"), "cl_dev": summary.get("cl_noise_rate_dev")})
     if not rows:
         raise SystemExit("no finished runs with fit statistics under " + ", ".join(map(str, args.roots)))
     groups = defaultdict(list)
@@ -74,7 +77,12 @@ def main() -> None:
     for name, group in groups.items():
         mae = sum(abs(r["estimated"] - r["realized"]) for r in group) / len(group)
         mae_weight = sum(abs(r["weight"] - r["realized"]) for r in group) / len(group)
-        print(f"{name:<22} {len(group):>3} runs  MAE estimated {mae:.3f}  (high-loss weight: {mae_weight:.3f})")
+        extra = ""
+        for key, label in (("cl", "confident learning on train"), ("cl_dev", "on dev")):
+            have = [r for r in group if r[key] is not None]
+            if have:
+                extra += f"; {label}: {sum(abs(r[key] - r['realized']) for r in have) / len(have):.3f} ({len(have)})"
+        print(f"{name:<22} {len(group):>3} runs  MAE estimated {mae:.3f}  (high-loss weight: {mae_weight:.3f}{extra})")
 
 
 if __name__ == "__main__":

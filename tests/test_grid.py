@@ -321,6 +321,14 @@ def test_report_on_the_tiny_grid(tiny_grid, tmp_path):
     assert "| Full fine-tuning | — |" in text  # not run
     assert "| Full fine-tuning | 53.4 | 51.3 |" in text  # paper Table 1
     assert "| sst5 | symmetric:0.6 | bitfit | clean | 1 | 0 |" in text  # dynamics of the CleaR run
+    # Delivered: the epoch of the best dev accuracy, on dev labels with the grid's noise
+    delivered = text.split("## What a user gets: Delivered")[1].split("## Inference mode")[0]
+    assert delivered.count("| sst5 | symmetric:0.6 | bitfit |") == 2 and delivered.count("of 2 | noisy |") == 2
+    with open(whole / "results.csv", newline="") as handle:
+        for row in csv.DictReader(handle):
+            lines = [json.loads(line) for line in (whole / row["run_dir"] / "metrics.jsonl").read_text().splitlines()]
+            dev = [m["dev_acc"] for m in lines]
+            assert float(row["delivered_acc"]) == lines[dev.index(max(dev))]["test_acc"]
     for name in ("figure1_sst5.png", "figure4_sst5.png"):
         assert (tmp_path / "docs" / "figures" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert f"](figures/{name})" in text
@@ -355,7 +363,7 @@ def synthetic_results(root: Path, datasets=("sst5",), seeds=(0, 1)) -> Path:
             (root / folder / "config.json").write_text(json.dumps(
                 {"model": "default", "epochs": 4, "warmup_epochs": 2, "max_train_samples": None, "eval_passes": 1}))
             accs = [m["test_acc"] for m in metrics]
-            lines.append(f"{dataset},{noise},{method},{routing},{reg},{seed},{max(accs)},{sum(accs) / 4},"
+            lines.append(f"{dataset},{noise},{method},{routing},{reg},{seed},{accs[-1]},{max(accs)},{sum(accs) / 4},"
                          f"{accs[-1]},0.48,0.45,10.0,{folder}")
     (root / "results.csv").write_text("\n".join(lines) + "\n")
     return root

@@ -58,7 +58,7 @@ def checkpoints_intact(run):
     names = sorted(p.name for p in folder.iterdir()) if folder.exists() else []
     assert not [n for n in names if n.startswith(".tmp")], names
     assert all(runs.checkpoint_is_intact(folder / n) for n in names), names
-    return names
+    return [n for n in names if n != runs.BEST]  # the epochs' checkpoints (best/ is checked above too)
 
 
 def status(run):

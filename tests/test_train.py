@@ -45,7 +45,7 @@ def test_run_folder_files_and_fields(lora_run):
     for name in ("config.json", "noisy_labels.csv", "metrics.jsonl", "summary.json", "clean_probs.csv",
                  "weights/trained.safetensors", "weights/peft/adapter_config.json"):
         assert (run / name).exists(), name
-    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["epoch-1", "epoch-2"]
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["best", "epoch-1", "epoch-2"]
     rows = metrics(run)
     assert [r["epoch"] for r in rows] == [0, 1, 2]
     for r in rows:
@@ -76,6 +76,26 @@ def test_run_folder_files_and_fields(lora_run):
     assert names[0] == "very negative" and all(names[int(r["given_label_id"])] == r["given_label"] for r in probs)
     config = json.loads((run / "config.json").read_text())
     assert config["lr"] == training_defaults("lora")["lr"] and config["gamma"] == 0.85 and "torch" in config["versions"]
+
+
+def test_best_dev_weights_are_handed_over(lora_run):
+    """--keep best-dev (the default): the weights of the epoch with the best dev accuracy, on dev labels with the
+    run's injected noise; Delivered is that epoch's test accuracy, and the saved weights reproduce it."""
+    from clearpeft import load_run
+    from clearpeft.data import load_data
+
+    run, summary = lora_run
+    rows = metrics(run)
+    dev = [r["dev_acc"] for r in rows]
+    best = dev.index(max(dev))
+    assert summary["keep"] == "best-dev" and summary["kept_epoch"] == best and summary["dev_labels"] == "noisy"
+    assert summary["delivered_acc"] == rows[best]["test_acc"]
+    # the dev labels carry the noise: accuracy on them differs from accuracy on the true dev labels
+    assert any(r["dev_acc"] != r["dev_acc_clean"] for r in rows)
+    test = load_data("sst5").test.subset(96, 0)
+    probs = load_run(run).predict_proba(test.texts)
+    assert np.mean(probs.argmax(1) == test.labels) == pytest.approx(summary["delivered_acc"], abs=1.5 / 96)
+    assert json.loads((run / "checkpoints" / "best" / "kept.json").read_text())["epoch"] == best
 
 
 def test_same_seed_same_metrics(lora_run, tmp_path):

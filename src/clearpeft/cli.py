@@ -152,8 +152,9 @@ def cmd_train(args) -> int:
         return 0
     print()
     print(f"{'run':<22} {cfg.out}")
-    for key in ("method", "routing", "noise", "realized_noise_rate", "estimated_noise_rate", "epochs", "peak_acc",
-                "avg_acc", "last_acc", "peak_acc_routed", "avg_acc_routed", "trainable_params", "train_seconds"):
+    for key in ("method", "routing", "noise", "realized_noise_rate", "estimated_noise_rate", "epochs", "keep",
+                "kept_epoch", "delivered_acc", "peak_acc", "avg_acc", "last_acc", "peak_acc_routed", "avg_acc_routed",
+                "trainable_params", "train_seconds"):
         value = summary[key]
         print(f"{key:<22} {value:.4f}" if isinstance(value, float) else f"{key:<22} {value}")
     return 0

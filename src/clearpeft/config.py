@@ -166,6 +166,17 @@ class TrainConfig:
     max_eval_samples: int | None = option(None, "a seeded subset of this many test (and dev) samples", AT_LEAST_1)
     dev_holdout: float = option(0.0, "share of train held out (per class, seeded) as dev when the data set has "
                                      "no dev split, e.g. 0.1 for banking77", Interval(0.0, 0.9))
+    dev_labels: str = option("noisy", "labels of the dev split under --noise: noisy (the same injected noise as the "
+                                      "training labels, as a user's dev data would be) or clean", ("noisy", "clean"))
+    keep: str = option("best-dev", "weights the run hands over: best-dev (the epoch of the best dev accuracy; the "
+                                   "last epoch where there is no dev split) or last", ("best-dev", "last"))
+    refit: str = option("none", "after the run, train a fresh model on the labels it trusts: none | drop (leave "
+                                "out what its report flags) | relabel (flagged samples whose predicted label is "
+                                "confident enough take it, the others are left out); a class keeps its best-scored "
+                                "samples when the flag would empty it", ("none", "drop", "relabel"))
+    refit_routing: str = option("none", "routing of the second stage of --refit (none: plain PEFT)", STRATEGIES)
+    relabel_threshold: float = option(0.9, "--refit relabel: the predicted label's probability that relabels a "
+                                           "flagged sample", UNIT)
     # The method options take their defaults from the method configs (peft/), where they are stated.
     lora_rank: int = option(LoRAConfig.rank, "LoRA rank r", AT_LEAST_1)
     lora_alpha: int = option(LoRAConfig.alpha, "LoRA scaling α", POSITIVE)

@@ -39,3 +39,23 @@ def confident_flags(probs: np.ndarray, given: np.ndarray) -> np.ndarray:
 def label_issue_flags(p: np.ndarray, probs: np.ndarray, given: np.ndarray) -> np.ndarray:
     """Boolean [n]: p < 0.5, or confident learning finds another label (module docstring)."""
     return (np.asarray(p) < 0.5) | confident_flags(probs, given)
+
+
+def confident_joint_noise_rate(probs: np.ndarray, given: np.ndarray) -> float:
+    """The share of samples whose confident label is not the given one, after calibrating the confident joint
+    (cleanlab's ``estimate_joint``): each given label's row of counts C[given, confident] is scaled to the
+    number of samples that carry it, and the estimate is 1 - trace / n. A count of disagreements, so a model's
+    own errors count as label errors: on probabilities from held-out data it reads the noise plus the share
+    the model gets wrong among the confident samples."""
+    probs, given = np.asarray(probs, dtype=np.float64), np.asarray(given, dtype=np.int64)
+    if len(given) == 0:
+        return 0.0
+    k = probs.shape[1]
+    above = probs >= class_thresholds(probs, given)
+    has = above.any(1)
+    confident = np.where(above, probs, -1.0).argmax(1)
+    joint = np.bincount(given[has] * k + confident[has], minlength=k * k).reshape(k, k).astype(np.float64)
+    counts = np.bincount(given, minlength=k).astype(np.float64)
+    rows = joint.sum(1)
+    joint *= np.divide(counts, rows, out=np.zeros_like(counts), where=rows > 0)[:, None]
+    return float(1.0 - np.trace(joint) / len(given))

@@ -126,8 +126,9 @@ def model_card(config: dict, summary: dict, train_size: int | None = None) -> st
                         "split": "test"},
             "metrics": [{"type": "accuracy", "value": round(float(summary[f"{key}_acc"]), 4),
                          "name": f"{word} test accuracy"}
-                        for key, word in (("last", "last-epoch (these weights)"), ("peak", "peak"),
-                                          ("avg", "mean over epochs"))]}]}]
+                        for key, word in (("delivered", "these weights"), ("peak", "peak"),
+                                          ("avg", "mean over epochs"), ("last", "last epoch"))
+                        if summary.get(f"{key}_acc") is not None]}]}]
     noise = summary.get("noise", "clean")
     estimated = summary.get("estimated_noise_rate")
     params = summary.get("trainable_params")
@@ -162,13 +163,19 @@ def model_card(config: dict, summary: dict, train_size: int | None = None) -> st
     if summary.get("peak_acc") is None:
         lines.append("No test split: the run has no test accuracy.")
     else:
-        lines += ["| test accuracy | Peak | Avg | Last |", "|---|---|---|---|",
+        kept = summary.get("kept_epoch", summary["epochs"] - 1) + 1
+        delivered = _percent(summary.get("delivered_acc", summary["last_acc"]))
+        lines += [f"These weights: epoch {kept} of {summary['epochs']} "
+                  f"({'the best dev accuracy' if summary.get('keep') == 'best-dev' else 'the last'}), test accuracy "
+                  f"{delivered} (Delivered).", "",
+                  "| test accuracy | Peak | Avg | Last |", "|---|---|---|---|",
                   f"| every module on | {_percent(summary['peak_acc'])} | {_percent(summary['avg_acc'])} | "
                   f"{_percent(summary['last_acc'])} |"]
         if summary.get("peak_acc_routed") is not None and summary.get("routing") != "none":
             lines.append(f"| routed | {_percent(summary['peak_acc_routed'])} | {_percent(summary['avg_acc_routed'])}"
                          f" | {_percent(summary['last_acc_routed'])} |")
-        lines += ["", "Peak: the best epoch; Avg: the mean over epochs; Last: the final model (these weights)."]
+        lines += ["", "Peak: the best epoch on test (no user can choose it); Avg: the mean over epochs; Last: the "
+                  "final epoch."]
     lines += ["", "## Labels", "", "| id | label |", "|---|---|"]
     lines += [f"| {i} | {name.replace('|', '/')} |" for i, name in enumerate(names)]
     lines += ["", "## How to load it", "", "RUN_DIR is the run folder, the one that holds this weights/ folder.", "",

@@ -66,11 +66,15 @@ class NoisyLabels:
     transition: np.ndarray  # K x K empirical P(noisy = j | true = i); rows without samples are zero
     # Instance noise only: each sample's row P(noisy = j | x_i), the distribution its noisy label was drawn from.
     sample_probs: np.ndarray | None = None
+    # Instance noise only: the projection W (d x K) of the generator, so that another split (a noisy dev split)
+    # can be corrupted by the same function of the text.
+    projection: np.ndarray | None = None
 
 
 def apply_noise(labels: np.ndarray, num_classes: int, spec: NoiseSpec, seed: int,
-                features: np.ndarray | None = None) -> NoisyLabels:
-    """Corrupt ``labels`` (ids in 0..num_classes-1) by ``spec``; ``features`` (n x d) are needed for instance.
+                features: np.ndarray | None = None, projection: np.ndarray | None = None) -> NoisyLabels:
+    """Corrupt ``labels`` (ids in 0..num_classes-1) by ``spec``; ``features`` (n x d) are needed for instance,
+    and ``projection`` (the W of another split's NoisyLabels) makes it the same function of the text as there.
 
     symmetric: with probability η the label is redrawn uniformly from all K classes, so it may stay the same
     (realized ≈ η(K-1)/K, as in the reference code). symmetric-exclusive: redrawn from the K-1 other classes.
@@ -86,7 +90,7 @@ def apply_noise(labels: np.ndarray, num_classes: int, spec: NoiseSpec, seed: int
         raise UserError(f"{spec} noise needs at least two classes, got {num_classes}")
     rng = np.random.default_rng(seed)
     n, k = len(true), num_classes
-    probs = None
+    probs = w = None
     if spec.kind == "clean":
         noisy = true.copy()
     elif spec.kind == "symmetric":
@@ -101,13 +105,13 @@ def apply_noise(labels: np.ndarray, num_classes: int, spec: NoiseSpec, seed: int
     else:
         if features is None:
             raise UserError("instance-dependent noise needs features: pass the frozen encoder's embeddings")
-        probs = instance_probabilities(true, k, spec.rate, rng, features)
+        probs, w = instance_probabilities(true, k, spec.rate, rng, features, projection)
         # Inverse-CDF draw of one label per row; the clip guards against rounding at the top of the cumsum.
         noisy = np.minimum((probs.cumsum(axis=1) < rng.random(n)[:, None]).sum(axis=1), k - 1)
     noisy = noisy.astype(np.int64)
     corrupted = noisy != true
     return NoisyLabels(noisy, corrupted, float(corrupted.mean()) if n else 0.0,
-                       transition_matrix(true, noisy, k), probs)
+                       transition_matrix(true, noisy, k), probs, w)
 
 
 def noisy_labels_csv(texts: list[str], labels: np.ndarray, noisy: np.ndarray) -> str:
@@ -125,12 +129,12 @@ def noisy_labels_csv(texts: list[str], labels: np.ndarray, noisy: np.ndarray) ->
 
 
 def instance_probabilities(labels: np.ndarray, num_classes: int, rate: float, rng: np.random.Generator,
-                           features: np.ndarray) -> np.ndarray:
-    """Per-sample noisy-label distributions of the part-dependent generator of Xia et al. (2020).
+                           features: np.ndarray, projection: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Per-sample noisy-label distributions of the part-dependent generator of Xia et al. (2020), and its W.
 
-    q_i ~ N(rate, 0.1²) truncated to [0, 1]; scores = x_i @ W with W (d x K) standard normal and x_i the
-    L2-normalised feature row; the true class is excluded, the others share q_i by softmax of their scores,
-    and the true class keeps 1 - q_i.
+    q_i ~ N(rate, 0.1²) truncated to [0, 1]; scores = x_i @ W with W (d x K) standard normal (or
+    ``projection``) and x_i the L2-normalised feature row; the true class is excluded, the others share q_i by
+    softmax of their scores, and the true class keeps 1 - q_i.
     """
     from scipy.stats import truncnorm
 
@@ -145,7 +149,11 @@ def instance_probabilities(labels: np.ndarray, num_classes: int, rate: float, rn
     x = x / np.where(norms > 0, norms, 1.0)
     lo, hi = (0.0 - rate) / INSTANCE_STD, (1.0 - rate) / INSTANCE_STD
     q = truncnorm.rvs(lo, hi, loc=rate, scale=INSTANCE_STD, size=n, random_state=rng)
-    w = rng.standard_normal((x.shape[1], num_classes))
+    w = rng.standard_normal((x.shape[1], num_classes))  # drawn either way: the stream stays the same
+    if projection is not None:
+        if projection.shape != w.shape:
+            raise UserError(f"the noise projection has shape {projection.shape}, the features need {w.shape}")
+        w = projection
     scores = x @ w
     rows = np.arange(n)
     scores[rows, labels] = -np.inf
@@ -153,7 +161,7 @@ def instance_probabilities(labels: np.ndarray, num_classes: int, rate: float, rn
     probs = np.exp(scores)
     probs *= (q / probs.sum(axis=1))[:, None]
     probs[rows, labels] = 1.0 - q
-    return probs
+    return probs, w
 
 
 def transition_matrix(true: np.ndarray, noisy: np.ndarray, num_classes: int) -> np.ndarray:

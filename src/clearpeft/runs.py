@@ -24,6 +24,7 @@ CONFIG = "config.json"
 METRICS = "metrics.jsonl"
 SUMMARY = "summary.json"
 CHECKPOINTS = "checkpoints"
+BEST = "best"  # checkpoints/best: the weights --keep best-dev hands over
 # pid and host of the process that has the folder (RunLock); not part of the run
 LOCK = "run.lock"
 # clean_probs.csv, the label-issue report (train.clean_probs_csv; cleanlab's names where they mean the same)
@@ -312,7 +313,37 @@ class RunFolder:
         log(f"resuming after epoch {progress['epoch'] + 1} from {checkpoint}")
         return progress["epoch"] + 1, arrays, progress["train_seconds"]
 
-    def finish(self, core, summary: dict, clean_probs_csv: str) -> None:
+    def save_best(self, core, epoch: int) -> None:
+        """checkpoints/best: the trained pieces of the best epoch by dev accuracy so far (--keep best-dev),
+        sealed like a checkpoint. The previous best is moved aside before the new one moves in, so a crash
+        in between leaves one of them (best_folder finds it)."""
+        if self.main:
+            folder = self.out / CHECKPOINTS
+            tmp, final, old = folder / ".tmp-best", folder / BEST, folder / ".old-best"
+            try:
+                with writing(final):
+                    folder.mkdir(exist_ok=True)
+                    shutil.rmtree(tmp, ignore_errors=True)
+                    core.save_trained(tmp)
+                    atomic_write_json(tmp / "kept.json", {"epoch": epoch})
+                    atomic_write_json(tmp / "digest.json", folder_digests(tmp))
+                    if final.exists():
+                        shutil.rmtree(old, ignore_errors=True)
+                        os.replace(final, old)
+                    os.replace(tmp, final)
+                    shutil.rmtree(old, ignore_errors=True)
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
+        self.accelerator.wait_for_everyone()
+
+    def best_folder(self) -> tuple[Path, int] | None:
+        """(folder, epoch) of the intact best-dev weights, or None."""
+        for candidate in (self.out / CHECKPOINTS / BEST, self.out / CHECKPOINTS / ".old-best"):
+            if candidate.is_dir() and checkpoint_is_intact(candidate):
+                return candidate, int(json.loads((candidate / "kept.json").read_text())["epoch"])
+        return None
+
+    def finish(self, core, summary: dict, clean_probs_csv: str, summary_file: str = SUMMARY) -> None:
         """Called by every process; the main one writes (``clean_probs_csv`` is only needed there)."""
         if self.main:
             core.save_trained(self.out / "weights")
@@ -320,7 +351,7 @@ class RunFolder:
 
             write_model_card(self.out, summary)  # weights/README.md, the Hugging Face model card
             atomic_write_text(self.out / "clean_probs.csv", clean_probs_csv)
-            atomic_write_json(self.out / SUMMARY, summary)
+            atomic_write_json(self.out / summary_file, summary)
         self.accelerator.wait_for_everyone()  # the run is whole before any process reads it back
 
 

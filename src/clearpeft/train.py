@@ -34,10 +34,13 @@ import torch.nn.functional as F
 from . import clear, runs
 from .config import COMPILE_BREAK_EVEN_BATCHES, TrainConfig, config_defaults
 from .errors import RunStopped, UserError, WriteError
-from .label_issues import label_issue_flags
+from .label_issues import confident_joint_noise_rate, label_issue_flags
 from .metrics import accuracy, detection_quality, summarize_curve, training_dynamics
 from .routing import CleanProbability, gates_from_draws
 
+# The dev split's noise is drawn from numpy's seed [seed, DEV_NOISE_STREAM], apart from the training labels'.
+DEV_NOISE_STREAM = 1
+FIRST_STAGE_SUMMARY = "first_stage_summary.json"  # a --refit run's first stage, until the second one ends
 # Fields of a metrics.jsonl line that differ between identical runs (wall-clock times).
 TIMING_FIELDS = frozenset({"epoch_seconds", "step_seconds", "pass_seconds", "eval_seconds", "eval_routed_seconds"})
 # Metrics of the per-sample pass; null in the epochs that --no-dynamics skips it.
@@ -59,6 +62,7 @@ class Prepared:
     dev: object | None
     pad_id: int
     texts: list[str] = field(repr=False, default_factory=list)
+    dev_noisy: object | None = None  # NoisyLabels of the dev split when its labels carry the injected noise
 
 
 def prepare_data(cfg: TrainConfig, tokenizer, bundle=None) -> Prepared:
@@ -83,8 +87,19 @@ def prepare_data(cfg: TrainConfig, tokenizer, bundle=None) -> Prepared:
     noisy = apply_noise(bundle.train.labels, bundle.num_labels, spec, cfg.seed, features=features)
     train = encode(tokenizer, bundle.train.texts, noisy.noisy, cfg.max_length)
     test = encode(tokenizer, bundle.test.texts, bundle.test.labels, cfg.max_length) if bundle.test is not None else None
-    dev = encode(tokenizer, bundle.dev.texts, bundle.dev.labels, cfg.max_length) if bundle.dev is not None else None
-    return Prepared(bundle, noisy, train, test, dev, tokenizer.pad_token_id or 0, list(bundle.train.texts))
+    dev = dev_noisy = None
+    if bundle.dev is not None:
+        dev_labels = np.asarray(bundle.dev.labels)
+        if spec.kind != "clean" and cfg.dev_labels == "noisy":
+            # A user's dev data is as noisy as the training data: the same noise, the same function of the text
+            # for instance noise, from a stream of its own (the training labels do not change).
+            dev_features = embed_texts(bundle.dev.texts) if spec.kind == "instance" else None
+            dev_noisy = apply_noise(dev_labels, bundle.num_labels, spec, [cfg.seed, DEV_NOISE_STREAM],
+                                    features=dev_features, projection=noisy.projection)
+            dev_labels = dev_noisy.noisy
+        dev = encode(tokenizer, bundle.dev.texts, dev_labels, cfg.max_length)
+    return Prepared(bundle, noisy, train, test, dev, tokenizer.pad_token_id or 0, list(bundle.train.texts),
+                    dev_noisy)
 
 
 def gather_by_index(accelerator, n: int, index: np.ndarray, *columns: np.ndarray) -> list[np.ndarray]:
@@ -183,7 +198,12 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False, pr
     restore = _raise_on_sigterm()
     try:
         lock.acquire()
-        return _train(cfg, resume, overwrite, progress, log, data)
+        summary, prepared, predicted_prob, is_main = _train(cfg, resume, overwrite, progress, log, data)
+        if cfg.refit == "none":
+            return summary
+        from .refit import second_stage
+
+        return second_stage(cfg, prepared, summary, predicted_prob, is_main, train, resume, progress, log)
     except KeyboardInterrupt as exc:  # RunStopped from the SIGTERM handler too
         done = _epochs_done(cfg.out)
         _status_stopped(cfg.out, done)
@@ -274,6 +294,9 @@ def _train(cfg: TrainConfig, resume: bool, overwrite: bool, progress: bool, log,
         # Phase 4: the metrics line first, then the checkpoint: a crash in between redoes this epoch on resume.
         history.append(row)
         s.folder.append_metrics(row)
+        if keeps_best(cfg, s.data) and kept_epoch(history) == epoch:  # a new best dev accuracy
+            s.folder.status(epoch, "best")
+            s.folder.save_best(s.core, epoch)
         if cfg.log_with != "none":
             s.accelerator.log({k: v for k, v in row.items() if isinstance(v, (int, float))}, step=epoch)
         s.folder.status(epoch, "checkpoint")
@@ -283,7 +306,8 @@ def _train(cfg: TrainConfig, resume: bool, overwrite: bool, progress: bool, log,
                                  train_seconds)
         if progress:
             log(epoch_line(row, cfg.epochs))
-    return finish(s, history, train_seconds)
+    summary, predicted_prob = finish(s, history, train_seconds)
+    return summary, s.data, predicted_prob, s.accelerator.is_main_process
 
 
 def _forget_other_precision(precision: str) -> None:
@@ -495,17 +519,48 @@ def estimate(s: Session, state: clear.CleaRState, plan: clear.EpochPlan, epoch: 
     return row
 
 
+def keeps_best(cfg: TrainConfig, data: Prepared) -> bool:
+    return cfg.keep == "best-dev" and data.dev is not None
+
+
+def kept_epoch(history: list[dict]) -> int:
+    """The epoch of the best dev accuracy (the first of equals)."""
+    return max(range(len(history)), key=lambda e: (history[e]["dev_acc"], -e))
+
+
 def finish(s: Session, history: list[dict], train_seconds: float) -> dict:
-    """The review list from the final model with every module on (as a user would deploy it), the weights
-    and the summary."""
+    """The weights the run hands over (--keep), the review list from them with every module on (as a user
+    would deploy them), and the summary."""
     cfg, data = s.cfg, s.data
     if cfg.log_with != "none":
         s.accelerator.end_training()
-    report = label_issue_report(s.core, data, cfg, s.accelerator)
-    summary = {**summarize(cfg, data, history, s.core, train_seconds), "compiled": s.compiled}
-    s.folder.finish(s.core, summary, report)  # every process: it ends on a barrier, so all may read the run
+    kept = len(history) - 1
+    if keeps_best(cfg, data):
+        best = s.folder.best_folder()
+        if best is None:
+            raise UserError(f"the best-dev weights in {Path(cfg.out) / runs.CHECKPOINTS / runs.BEST} are missing "
+                            "or damaged: run again with --overwrite, or with --keep last")
+        folder, kept = best
+        if kept != len(history) - 1:
+            s.core.load_trained(folder)
+    report, probs = label_issue_report(s.core, data, cfg, s.accelerator)
+    # How many labels confident learning finds wrong, beside the loss fit's estimate: on the training samples
+    # (in-sample) and, where there is one, on the dev split's labels (held out)
+    noise_rates = {"cl_noise_rate": confident_joint_noise_rate(probs, data.noisy.noisy), "cl_noise_rate_dev": None}
+    if data.dev is not None:
+        dev_logits, _ = routed_logits(s.core, data.dev, cfg.eval_batch_size, data.pad_id, 1, lambda i, k: None,
+                                      s.accelerator)
+        dev_probs = torch.softmax(torch.from_numpy(dev_logits).double(), -1).numpy()
+        noise_rates["cl_noise_rate_dev"] = confident_joint_noise_rate(dev_probs, data.dev.labels)
+    summary = {**summarize(cfg, data, history, s.core, train_seconds), **noise_rates, "compiled": s.compiled,
+               "keep": "best-dev" if keeps_best(cfg, data) else "last", "kept_epoch": kept,
+               "delivered_acc": history[kept]["test_acc"],
+               "dev_labels": None if data.dev is None else ("noisy" if data.dev_noisy is not None else "clean")}
+    # every process: it ends on a barrier, so all may read the run. With --refit the run's summary.json is
+    # written after the second stage: until then the run is not finished.
+    s.folder.finish(s.core, summary, report, runs.SUMMARY if cfg.refit == "none" else FIRST_STAGE_SUMMARY)
     s.folder.status(cfg.epochs - 1, "done")
-    return summary
+    return summary, probs.max(1)
 
 
 def epoch_line(row: dict, epochs: int) -> str:
@@ -551,7 +606,9 @@ def evaluate(core, data: Prepared, cfg: TrainConfig, epoch: int, accelerator) ->
     out["eval_routed_seconds"] = time.perf_counter() - routed_started  # of eval_seconds: the routed test passes
     if data.dev is not None:
         logits, _ = routed_logits(core, data.dev, cfg.eval_batch_size, data.pad_id, 1, all_on, accelerator)
-        out["dev_acc"] = accuracy(logits.argmax(-1), data.dev.labels)
+        out["dev_acc"] = accuracy(logits.argmax(-1), data.dev.labels)  # on the labels the run selects by
+        # on the dev split's true labels (what a noisy dev accuracy stands for); measured, never used
+        out["dev_acc_clean"] = accuracy(logits.argmax(-1), data.bundle.dev.labels)
     return out
 
 
@@ -577,12 +634,14 @@ def summarize(cfg: TrainConfig, data: Prepared, history: list[dict], core, train
 
 def label_issue_report(core, data: Prepared, cfg: TrainConfig, accelerator) -> str:
     """clean_probs.csv of a trained model: its pass over the training set with every module on (as a user
-    would deploy it) and a fresh fit of p to those losses; "" on all but the main process."""
+    would deploy it) and a fresh fit of p to those losses ("" on all but the main process), and the
+    model's class probabilities [n, K] of the training samples."""
     logits, losses = routed_logits(core, data.train, cfg.eval_batch_size, data.pad_id, 1, lambda i, k: None,
                                    accelerator)
+    probs = torch.softmax(torch.from_numpy(logits).double(), -1).numpy()
     if not accelerator.is_main_process:
-        return ""
-    return clean_probs_csv(data, CleanProbability(seed=cfg.seed).fit(losses), logits)
+        return "", probs
+    return clean_probs_csv(data, CleanProbability(seed=cfg.seed).fit(losses), logits), probs
 
 
 def clean_probs_csv(data: Prepared, p: np.ndarray, logits: np.ndarray) -> str:

@@ -63,8 +63,8 @@ CELL_KEYS = ("dataset", "noise", "method", "routing", "reg_weight", "seed")
 # TrainConfig fields the grid sets itself: from the cell (its method is the field peft) and the run folder.
 GRID_OWNED = {"dataset", "noise", "peft", "routing", "reg_weight", "seed", "out"}
 RESULTS = "results.csv"
-RESULT_COLUMNS = [*CELL_KEYS, "peak_acc", "avg_acc", "last_acc", "realized_noise_rate", "estimated_noise_rate",
-                  "train_seconds", "run_dir"]
+RESULT_COLUMNS = [*CELL_KEYS, "delivered_acc", "peak_acc", "avg_acc", "last_acc", "realized_noise_rate",
+                  "estimated_noise_rate", "train_seconds", "run_dir"]
 
 
 @dataclass(frozen=True)
@@ -305,7 +305,8 @@ def run_grid(config_path: str | Path, out_dir: str | Path, log=print, progress: 
         done += 1
         write_results(out_dir, planned)
         eta = statistics.mean(seconds) * (total - done) / workers
-        log(f"[{done}/{total} done] {cell}: peak {summary['peak_acc']:.1%} avg {summary['avg_acc']:.1%} "
+        log(f"[{done}/{total} done] {cell}: delivered {_share(summary.get('delivered_acc'))} "
+            f"peak {summary['peak_acc']:.1%} avg {summary['avg_acc']:.1%} "
             f"in {_duration(summary['train_seconds'])}; ETA {_duration(eta)}")
     write_results(out_dir, planned)  # cells another grid finished meanwhile count too
     done = sum((out_dir / r.cell.folder / runs.SUMMARY).exists() for r in planned)
@@ -405,6 +406,10 @@ def write_results(out_dir: Path, planned: list[PlannedRun]) -> Path:
                          *(summary.get(k) for k in RESULT_COLUMNS[6:-1]), c.folder])  # older runs lack some
     runs.atomic_write_text(out_dir / RESULTS, buf.getvalue())
     return out_dir / RESULTS
+
+
+def _share(value) -> str:
+    return "-" if value is None else f"{value:.1%}"  # runs made before Delivered was recorded lack it
 
 
 def _duration(seconds: float) -> str:

@@ -1,0 +1,153 @@
+"""The recipes a user has on noisy labels, side by side on the CPU protocol (experiments/cpu.yaml's base).
+
+    python experiments/refit.py                       # every cell, in priority order, into results/refit/
+    python experiments/refit.py --cells 2             # only the first two cells
+
+Recipes of one (dataset, noise, method, seed) cell, each with Delivered (the weights the run hands over:
+--keep best-dev, selected on dev labels that carry the same injected noise), Peak, Avg and Last:
+  plain            plain PEFT (routing none, no consistency loss)
+  clear            CleaR as the paper has it (routing clean)
+  clean-auto       the default routing (stands down while the losses show no mode of wrong labels)
+  refit            clean-auto, then --refit drop: plain PEFT again on the samples its report does not flag
+  cleanlab-refit   cleanlab's find_label_issues on 5-fold cross-validated logistic regression over the frozen
+                   backbone's embeddings, then plain PEFT on the rest (CleanLearning's idea with our model)
+clean-auto and refit are one run: the refit run's first stage is the clean-auto run (same seed, same draws).
+Finished runs are skipped and a half-finished one resumes, so a killed script started again goes on.
+results/refit/results.csv is rewritten after every finished recipe.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+BASE = dict(epochs=6, warmup_epochs=3, eval_passes=1, max_train_samples=4000, bf16=True)
+# Priority order: 60% symmetric first (the claim), then clean data (the cost), then the rest.
+CELLS = [(d, n, m, 0) for n in ("symmetric:0.6", "clean") for m in ("lora", "prompt") for d in ("sst5", "banking77")]
+CELLS += [(d, n, m, 0) for n in ("symmetric:0.2", "asymmetric:0.4") for m in ("lora", "prompt")
+          for d in ("sst5", "banking77")]
+CELLS += [("sst5", "instance:0.4", m, 0) for m in ("lora", "prompt")]
+CELLS += [(d, "symmetric:0.6", m, s) for s in (1, 2) for m in ("lora", "prompt") for d in ("sst5", "banking77")]
+COLUMNS = ["dataset", "noise", "method", "recipe", "seed", "delivered_acc", "peak_acc", "avg_acc", "last_acc",
+           "kept_fraction", "kept_noise_rate", "realized_noise_rate", "estimated_noise_rate", "dev_labels",
+           "kept_epoch", "train_seconds", "run_dir"]
+
+
+def config(dataset, noise, method, seed, out, **changes):
+    from clearpeft.config import TrainConfig
+
+    values = {**BASE, "dataset": dataset, "noise": noise, "peft": method, "seed": seed, "out": str(out)}
+    if dataset == "banking77":
+        values["dev_holdout"] = 0.1
+    return TrainConfig.from_mapping({**values, **changes}, "experiments/refit.py")
+
+
+def run(cfg, log) -> dict:
+    from clearpeft.train import train
+
+    summary_path = Path(cfg.out) / "summary.json"
+    if summary_path.exists():
+        return json.loads(summary_path.read_text())
+    return train(cfg, resume=(Path(cfg.out) / "config.json").exists(), overwrite=False, progress=False, log=log)
+
+
+def cleanlab_refit(cfg, log) -> dict:
+    """Drop what cleanlab flags on cross-validated logistic regression over frozen embeddings; plain PEFT on the
+    rest, with the same class guard and the same noisy dev labels as --refit."""
+    from cleanlab.filter import find_label_issues
+    from label_issues import cross_validated_probs
+
+    from clearpeft.backbone import embed_texts, load_tokenizer
+    from clearpeft.data.loaders import DataBundle, Split
+    from clearpeft.refit import trusted_labels
+    from clearpeft.train import prepare_data, train
+
+    out = Path(cfg.out)
+    if (out / "summary.json").exists():
+        return json.loads((out / "summary.json").read_text())
+    cfg = cfg.resolved()
+    data = prepare_data(cfg, load_tokenizer(cfg.model))
+    noisy, true, k = data.noisy.noisy, np.asarray(data.bundle.train.labels), data.bundle.num_labels
+    folds = int(max(2, min(5, np.bincount(noisy)[np.unique(noisy)].min())))  # tiny smoke-test subsets
+    probs = cross_validated_probs(embed_texts(data.texts), noisy, k, folds=folds, seed=cfg.seed)
+    flags = find_label_issues(noisy, probs)
+    kept, labels = trusted_labels(flags, noisy, probs.argmax(1), probs[np.arange(len(noisy)), noisy],
+                                  probs.max(1), k, "drop")
+    b = data.bundle
+    bundle = DataBundle(b.name, list(b.label_names), Split([data.texts[i] for i in kept], labels), b.test,
+                        Split(b.dev.texts, data.dev.labels) if b.dev is not None else None)
+    stage = replace(cfg, routing="none", reg_weight=0.0, noise="clean", max_train_samples=None,
+                    max_eval_samples=None, dev_holdout=0.0, dev_labels="clean", no_dynamics=True)
+    resume = (out / "config.json").exists()
+    summary = train(stage, resume=resume, overwrite=False, progress=False, log=log, data=bundle)
+    summary.update({"noise": cfg.noise, "realized_noise_rate": data.noisy.realized_rate,
+                    "kept_fraction": len(kept) / len(noisy), "kept_noise_rate": float(np.mean(labels != true[kept])),
+                    "dev_labels": "noisy" if data.dev_noisy is not None else "clean", "cleanlab_flagged": int(flags.sum())})
+    from clearpeft import runs
+
+    runs.atomic_write_json(out / "summary.json", summary)
+    return summary
+
+
+def recipes(cell, root: Path, log):
+    dataset, noise, method, seed = cell
+    folder = root / dataset / noise.replace(":", "-") / f"{method}-s{seed}"
+    yield "plain", folder / "plain", lambda: run(config(*cell, folder / "plain", routing="none", reg_weight=0.0), log)
+    yield "clear", folder / "clear", lambda: run(config(*cell, folder / "clear", routing="clean"), log)
+
+    def refit():
+        return run(config(*cell, folder / "refit", routing="clean-auto", refit="drop"), log)
+
+    yield "refit", folder / "refit", refit
+    yield "clean-auto", folder / "refit", lambda: json.loads((folder / "refit" / "summary.json").read_text())["first_stage"]
+    yield "cleanlab-refit", folder / "cleanlab-refit", lambda: cleanlab_refit(
+        config(*cell, folder / "cleanlab-refit", routing="none", reg_weight=0.0), log)
+
+
+def write(rows: list[dict], path: Path) -> None:
+    from clearpeft import runs
+
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, COLUMNS, lineterminator="\n", extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    runs.atomic_write_text(path, buf.getvalue())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=ROOT / "results" / "refit")
+    parser.add_argument("--cells", type=int, default=len(CELLS), help="run only the first N cells")
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="change the protocol (a smoke test: --set max_train_samples=64 epochs=2)")
+    args = parser.parse_args()
+    BASE.update((key, yaml.safe_load(value)) for key, value in (item.split("=", 1) for item in args.set))
+    args.out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for cell in CELLS[:args.cells]:
+        for recipe, folder, make in recipes(cell, args.out, log=lambda m: print(m, file=sys.stderr, flush=True)):
+            print(f"{cell} {recipe} ...", file=sys.stderr, flush=True)
+            summary = make()
+            rows.append({**dict(zip(("dataset", "noise", "method", "seed"), cell)), "recipe": recipe,
+                         **{k: summary.get(k) for k in COLUMNS if k not in ("dataset", "noise", "method", "seed", "recipe")},
+                         "run_dir": str(folder.relative_to(args.out))})
+            if recipe in ("plain", "clear", "clean-auto"):
+                rows[-1].update(kept_fraction=1.0, kept_noise_rate=summary.get("realized_noise_rate"))
+            write(rows, args.out / "results.csv")
+            print(f"{cell} {recipe}: delivered {summary.get('delivered_acc')} peak {summary.get('peak_acc')}",
+                  file=sys.stderr, flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,135 @@
+"""The second stage of ``--refit``: train again, as plain PEFT, on the training labels the first run trusts.
+
+    kept, labels = trusted_labels(flags, given, predicted, score, num_labels, "drop")
+
+CleaR finds the wrong labels far better than it uses that knowledge: in warm-up every module, and in every
+epoch the never-routed classifier head, still learn from them. cleanlab's ``CleanLearning`` recipe (find the
+issues, leave them out, train again) is what this stage does with the first run's own report
+(clean_probs.csv, its ``is_label_issue`` flag):
+
+- ``drop``: a fresh model of the same method learns from the unflagged samples only;
+- ``relabel``: a flagged sample whose predicted label has probability at least ``relabel_threshold`` takes
+  that label, the other flagged samples are left out.
+
+The label space stays the first stage's. A class the flag would empty (at 60% noise nearly all given labels
+of a rare class can be wrong, and all of them flagged) keeps its ``class_floor`` best-scored samples, so the
+second stage still knows every class and the test split has no label the training split lacks.
+
+The run folder keeps both stages: the first stage's files where they always are (its report is the run's
+label-issue report), the second stage's run in ``refit/``; weights/ and summary.json are the second stage's,
+with the first stage's weights in ``first_stage_weights/`` and its summary under ``first_stage``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import shutil
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+from . import runs
+
+REFIT_DIR = "refit"
+FIRST_STAGE_WEIGHTS = "first_stage_weights"
+# A class keeps at least this share of the mean class size (or all it has, if fewer): the guard above.
+CLASS_FLOOR_SHARE = 0.1
+
+
+def class_floor(n_train: int, num_labels: int) -> int:
+    return max(1, math.ceil(CLASS_FLOOR_SHARE * n_train / num_labels))
+
+
+def trusted_labels(flags: np.ndarray, given: np.ndarray, predicted: np.ndarray, score: np.ndarray,
+                   predicted_prob: np.ndarray, num_labels: int, how: str,
+                   relabel_threshold: float = 0.9) -> tuple[np.ndarray, np.ndarray]:
+    """(indices kept, their training labels) for the second stage.
+
+    ``flags`` [n] bool: the report's is_label_issue; ``given`` [n]: the labels trained on; ``predicted`` [n]
+    and ``predicted_prob`` [n]: the first stage's label and its probability; ``score`` [n]: the probability
+    of the given label (the report's ranking). ``how``: drop or relabel.
+    """
+    flags, given = np.asarray(flags, bool), np.asarray(given, np.int64)
+    labels = given.copy()
+    keep = ~flags
+    if how == "relabel":
+        confident = flags & (np.asarray(predicted_prob) >= relabel_threshold)
+        labels[confident] = np.asarray(predicted, np.int64)[confident]
+        keep |= confident
+    elif how != "drop":
+        raise ValueError(f"unknown refit {how!r}")
+    floor = class_floor(len(given), num_labels)
+    for c in range(num_labels):
+        have = np.flatnonzero(keep & (labels == c))
+        if len(have) >= floor:
+            continue
+        # the best-scored samples given this label that are not kept yet, until the floor (or all of them)
+        candidates = np.flatnonzero((given == c) & ~keep)
+        extra = candidates[np.argsort(-np.asarray(score)[candidates], kind="stable")][:floor - len(have)]
+        keep[extra] = True
+        labels[extra] = c
+    kept = np.flatnonzero(keep)
+    return kept, labels[kept]
+
+
+def read_report(run: Path) -> dict[str, np.ndarray]:
+    """The first stage's clean_probs.csv as arrays in training-sample order."""
+    with open(run / "clean_probs.csv", newline="", encoding="utf-8") as handle:
+        rows = sorted(csv.DictReader(handle), key=lambda r: int(r["index"]))
+    return {"flags": np.array([r["is_label_issue"] == "True" for r in rows]),
+            "given": np.array([int(r["given_label_id"]) for r in rows]),
+            "predicted": np.array([int(r["predicted_label_id"]) for r in rows]),
+            "score": np.array([float(r["label_score"]) for r in rows])}
+
+
+def second_stage(cfg, data, first: dict, predicted_prob: np.ndarray, is_main: bool, train_fn, resume: bool,
+                 progress: bool, log) -> dict:
+    """Train the second stage of ``cfg`` (resolved) after its first stage ``first`` (summary) on ``data``
+    (train.Prepared; ``predicted_prob`` [n]: the probability of the first stage's predicted label); returns
+    the run's summary, which is then the second stage's."""
+    from .data.loaders import DataBundle, Split
+
+    out = Path(cfg.out)
+    report = read_report(out)
+    kept, labels = trusted_labels(report["flags"], report["given"], report["predicted"], report["score"],
+                                  predicted_prob, data.bundle.num_labels, cfg.refit, cfg.relabel_threshold)
+    bundle = data.bundle
+    dev = None
+    if bundle.dev is not None:  # the labels the first stage selected by (noisy under --noise by default)
+        dev = Split(bundle.dev.texts, data.dev.labels)
+    second = DataBundle(bundle.name, list(bundle.label_names),
+                        Split([data.texts[i] for i in kept], labels), bundle.test, dev)
+    stage_cfg = replace(cfg, routing=cfg.refit_routing, noise="clean", refit="none", out=str(out / REFIT_DIR),
+                        max_train_samples=None, max_eval_samples=None, dev_holdout=0.0, dev_labels="clean",
+                        no_dynamics=cfg.refit_routing == "none" or cfg.no_dynamics)
+    true = np.asarray(bundle.train.labels)
+    counts = np.bincount(labels, minlength=bundle.num_labels)
+    log(f"refit ({cfg.refit}): training again on {len(kept)} of {len(true)} samples "
+        f"({int(report['flags'].sum())} flagged); smallest class {int(counts.min())}")
+    done = (out / REFIT_DIR / runs.SUMMARY).exists()
+    if done:
+        summary = json.loads((out / REFIT_DIR / runs.SUMMARY).read_text())
+    else:
+        summary = train_fn(stage_cfg, resume=resume and (out / REFIT_DIR / runs.CONFIG).exists(),
+                           overwrite=not resume, progress=progress, log=log, data=second)
+    injected = cfg.noise.strip().lower() not in ("clean", "none", "")
+    result = {**summary, "routing": cfg.routing, "noise": cfg.noise, "dataset": cfg.dataset,
+              "realized_noise_rate": first["realized_noise_rate"], "dev_labels": first["dev_labels"],
+              "estimated_noise_rate": first["estimated_noise_rate"],
+              "refit": cfg.refit, "refit_routing": cfg.refit_routing, "kept_samples": int(len(kept)),
+              "kept_fraction": len(kept) / len(true),
+              "kept_noise_rate": float(np.mean(labels != true[kept])) if injected and len(kept) else None,
+              "first_stage": first}
+    if is_main:
+        weights, aside = out / "weights", out / FIRST_STAGE_WEIGHTS
+        if not aside.exists():
+            os.replace(weights, aside)
+        shutil.rmtree(weights, ignore_errors=True)
+        shutil.copytree(out / REFIT_DIR / "weights", out / ".tmp-weights")
+        os.replace(out / ".tmp-weights", weights)
+        runs.atomic_write_json(out / runs.SUMMARY, result)
+    return result

@@ -1,0 +1,107 @@
+"""--refit: which samples and labels the second stage trains on (hand-computed cases), the noisy dev split, and
+one real two-stage run on SST-5."""
+
+import csv
+import json
+
+import numpy as np
+import pytest
+
+from clearpeft.noise import NoiseSpec, apply_noise
+from clearpeft.refit import class_floor, trusted_labels
+
+
+def test_drop_leaves_out_the_flagged_samples():
+    # 40 samples, 2 classes: floor = ceil(0.1 * 40 / 2) = 2; both classes keep more than that
+    given = np.array([0] * 20 + [1] * 20)
+    flags = np.zeros(40, bool)
+    flags[[0, 1, 2, 25, 30]] = True
+    kept, labels = trusted_labels(flags, given, given, np.ones(40), np.ones(40), 2, "drop")
+    assert class_floor(40, 2) == 2
+    assert kept.tolist() == [i for i in range(40) if i not in (0, 1, 2, 25, 30)]
+    assert np.array_equal(labels, given[kept])
+
+
+def test_a_class_the_flag_would_empty_keeps_its_best_scored_samples():
+    # class 2 has 4 samples, all flagged; the floor is ceil(0.1 * 60 / 3) = 2
+    given = np.array([0] * 28 + [1] * 28 + [2] * 4)
+    flags = np.zeros(60, bool)
+    flags[56:] = True  # every sample labelled 2
+    score = np.zeros(60)
+    score[56:] = [0.1, 0.7, 0.3, 0.6]
+    kept, labels = trusted_labels(flags, given, given, score, np.ones(60), 3, "drop")
+    assert class_floor(60, 3) == 2
+    assert kept.tolist() == list(range(56)) + [57, 59]  # the two best-scored of class 2 (0.7 and 0.6)
+    assert labels[-2:].tolist() == [2, 2] and set(labels.tolist()) == {0, 1, 2}
+
+
+def test_relabel_takes_confident_predictions_and_drops_the_rest():
+    given = np.array([0, 0, 0, 0, 1, 1, 1, 1, 1, 1])
+    flags = np.array([False, False, False, True, False, False, False, False, True, True])
+    predicted = np.array([0, 0, 0, 1, 1, 1, 1, 1, 0, 0])
+    confidence = np.array([0.9, 0.9, 0.9, 0.95, 0.9, 0.9, 0.9, 0.9, 0.5, 0.92])
+    kept, labels = trusted_labels(flags, given, predicted, np.ones(10), confidence, 2, "relabel", 0.9)
+    # 3 (0.95 -> label 1) and 9 (0.92 -> label 0) are relabelled, 8 (0.5) is left out
+    assert kept.tolist() == [0, 1, 2, 3, 4, 5, 6, 7, 9]
+    assert labels.tolist() == [0, 0, 0, 1, 1, 1, 1, 1, 0]
+
+
+def test_dev_noise_is_the_training_noise_from_its_own_stream():
+    rng = np.random.default_rng(5)
+    train, dev = rng.integers(0, 5, 4000), rng.integers(0, 5, 4000)
+    spec = NoiseSpec.parse("symmetric:0.6")
+    a = apply_noise(train, 5, spec, 0)
+    b = apply_noise(dev, 5, spec, [0, 1])
+    assert abs(b.realized_rate - 0.48) < 0.03 and abs(a.realized_rate - 0.48) < 0.03  # η (K-1)/K
+    assert not np.array_equal(a.corrupted[:100], b.corrupted[:100])
+    # instance noise: the dev split is corrupted by the training split's W, the same function of the text
+    features = rng.normal(size=(300, 8))
+    inst = NoiseSpec.parse("instance:0.4")
+    first = apply_noise(train[:300], 5, inst, 0, features=features)
+    again = apply_noise(train[:300], 5, inst, [0, 1], features=features, projection=first.projection)
+    other = apply_noise(train[:300], 5, inst, [0, 1], features=features)
+    assert first.projection.shape == (8, 5)
+
+    def likeliest_wrong(probs, y):  # W alone decides which wrong class a sample is most likely to get
+        return np.where(np.arange(5) == y[:, None], -1.0, probs).argmax(1)
+
+    y = train[:300]
+    assert np.array_equal(likeliest_wrong(first.sample_probs, y), likeliest_wrong(again.sample_probs, y))
+    assert not np.array_equal(likeliest_wrong(first.sample_probs, y), likeliest_wrong(other.sample_probs, y))
+
+
+@pytest.mark.slow
+def test_refit_drop_trains_a_second_stage_on_the_unflagged_samples(tmp_path):
+    from clearpeft import load_run
+    from clearpeft.config import TrainConfig
+    from clearpeft.data import load_data
+    from clearpeft.train import train
+
+    cfg = TrainConfig(dataset="sst5", peft="lora", routing="clean", noise="symmetric:0.6", epochs=2,
+                      warmup_epochs=1, max_train_samples=160, max_eval_samples=64, batch_size=16, max_length=32,
+                      refit="drop", out=str(tmp_path / "run"))
+    summary = train(cfg, progress=False, log=lambda m: None)
+    run = tmp_path / "run"
+    with open(run / "clean_probs.csv", newline="") as handle:
+        report = list(csv.DictReader(handle))  # the first stage's report stays the run's
+    flagged = {int(r["index"]) for r in report if r["is_label_issue"] == "True"}
+    assert 0 < len(flagged) < 160
+    with open(run / "refit" / "noisy_labels.csv", newline="") as handle:
+        second = list(csv.DictReader(handle))
+    assert len(second) == summary["kept_samples"] >= 160 - len(flagged)  # the floor may add back a few
+    first_texts = {r["index"]: r["text"] for r in csv.DictReader(open(run / "noisy_labels.csv", newline=""))}
+    kept_texts = {r["text"] for r in second}
+    assert kept_texts <= set(first_texts.values())
+    assert summary["kept_fraction"] == pytest.approx(len(second) / 160)
+    first = json.loads((run / "first_stage_summary.json").read_text())
+    assert summary["first_stage"] == first and first["routing"] == "clean" and "refit" not in first
+    assert summary["refit"] == "drop" and summary["routing"] == "clean" and summary["refit_routing"] == "none"
+    assert summary == json.loads((run / "summary.json").read_text())
+    # the kept labels are cleaner than all the labels
+    assert summary["kept_noise_rate"] < summary["realized_noise_rate"]
+    # every class survives, and the delivered weights are the second stage's
+    assert len({r["noisy_label"] for r in second}) == 5
+    test = load_data("sst5").test.subset(64, 0)
+    probs = load_run(run).predict_proba(test.texts)
+    assert np.mean(probs.argmax(1) == test.labels) == pytest.approx(summary["delivered_acc"], abs=1.5 / 64)
+    assert (run / "first_stage_weights" / "trained.safetensors").exists()
