@@ -128,23 +128,40 @@ def write(rows: list[dict], path: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=ROOT / "results" / "refit")
-    parser.add_argument("--cells", type=int, default=len(CELLS), help="run only the first N cells")
+    parser.add_argument("--cells", type=int, default=len(CELLS), help="run only N cells")
+    parser.add_argument("--start", type=int, default=0, help="skip the first K cells (a second process on other "
+                                                             "cells; results.csv then holds only this process's)")
+    parser.add_argument("--collect", action="store_true",
+                        help="train nothing: write results.csv from the finished runs of every cell")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                         help="change the protocol (a smoke test: --set max_train_samples=64 epochs=2)")
     args = parser.parse_args()
     BASE.update((key, yaml.safe_load(value)) for key, value in (item.split("=", 1) for item in args.set))
     args.out.mkdir(parents=True, exist_ok=True)
     rows = []
-    for cell in CELLS[:args.cells]:
+    from clearpeft.errors import RunLocked
+
+    for cell in CELLS[args.start:args.start + args.cells]:
         for recipe, folder, make in recipes(cell, args.out, log=lambda m: print(m, file=sys.stderr, flush=True)):
             print(f"{cell} {recipe} ...", file=sys.stderr, flush=True)
-            summary = make()
+            try:
+                if args.collect:
+                    done = folder / "summary.json"
+                    if not done.exists():
+                        break
+                    summary = json.loads(done.read_text())
+                    summary = summary["first_stage"] if recipe == "clean-auto" else summary
+                else:
+                    summary = make()
+            except RunLocked as exc:  # another process trains this cell: go on with the next one
+                print(f"{cell} skipped: {exc}", file=sys.stderr, flush=True)
+                break
             rows.append({**dict(zip(("dataset", "noise", "method", "seed"), cell)), "recipe": recipe,
                          **{k: summary.get(k) for k in COLUMNS if k not in ("dataset", "noise", "method", "seed", "recipe")},
                          "run_dir": str(folder.relative_to(args.out))})
             if recipe in ("plain", "clear", "clean-auto"):
                 rows[-1].update(kept_fraction=1.0, kept_noise_rate=summary.get("realized_noise_rate"))
-            write(rows, args.out / "results.csv")
+            write(rows, args.out / ("results.csv" if args.start == 0 or args.collect else f"results-from-{args.start}.csv"))
             print(f"{cell} {recipe}: delivered {summary.get('delivered_acc')} peak {summary.get('peak_acc')}",
                   file=sys.stderr, flush=True)
 

@@ -77,7 +77,7 @@ def test_two_process_run_matches_one_process(tmp_path, backbone_variant):
     flags = ["--dataset", "banking77", "--model", str(model), "--peft", "lora", "--routing", "clean",
              "--noise", "symmetric:0.2",
              "--epochs", "2", "--warmup-epochs", "1", "--max-train-samples", "512", "--max-eval-samples", "500",
-             "--lr", "1e-2", "--eval-passes", "1", "--seed", "0", "--json"]
+             "--max-length", "32", "--lr", "1e-2", "--eval-passes", "1", "--seed", "0", "--json"]
     single = subprocess.run([sys.executable, "-m", "clearpeft", "train", *flags, "--out", str(tmp_path / "one")],
                             capture_output=True, text=True, timeout=1800)
     assert single.returncode == 0, single.stderr[-3000:]

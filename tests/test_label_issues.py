@@ -1,6 +1,7 @@
 """The report's flag (clearpeft.label_issues): confident learning's per-class thresholds, united with p < 0.5."""
 
 import numpy as np
+import pytest
 
 from clearpeft.label_issues import class_thresholds, confident_flags, label_issue_flags
 
@@ -30,3 +31,15 @@ def test_flag_is_the_union_with_low_clean_probability():
     p = np.array([0.9, 0.9, 0.9, 0.9, 0.9, 0.2])  # the last: no confident label, but the loss GMM calls it noisy
     assert label_issue_flags(p, PROBS, GIVEN).tolist() == [False, True, False, True, False, True]
     assert not label_issue_flags(np.ones(6), np.eye(3)[GIVEN], GIVEN).any()  # a model that agrees flags nothing
+
+
+def test_confident_joint_noise_rate_by_hand():
+    from clearpeft.label_issues import confident_joint_noise_rate
+
+    # thresholds t0 = (0.9 + 0.2) / 2 = 0.55, t1 = (0.7 + 0.6) / 2 = 0.65; confident labels 0, 1, 1 and none
+    # (0.6 < 0.65): counts C[0,0] = C[0,1] = C[1,1] = 1; rows scaled to 2 samples each: [1, 1] and [0, 2];
+    # 1 - (1 + 2) / 4 = 0.25
+    probs = np.array([[0.9, 0.1], [0.2, 0.8], [0.3, 0.7], [0.4, 0.6]])
+    assert confident_joint_noise_rate(probs, np.array([0, 0, 1, 1])) == pytest.approx(0.25)
+    assert confident_joint_noise_rate(np.eye(3)[[0, 1, 2, 0]], np.array([0, 1, 2, 0])) == 0.0
+    assert confident_joint_noise_rate(np.eye(2)[[1, 1, 0, 0]], np.array([0, 0, 1, 1])) == 1.0
