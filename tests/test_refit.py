@@ -105,3 +105,5 @@ def test_refit_drop_trains_a_second_stage_on_the_unflagged_samples(tmp_path):
     probs = load_run(run).predict_proba(test.texts)
     assert np.mean(probs.argmax(1) == test.labels) == pytest.approx(summary["delivered_acc"], abs=1.5 / 64)
     assert (run / "first_stage_weights" / "trained.safetensors").exists()
+    card = (run / "weights" / "README.md").read_text()
+    assert "`--refit drop`" in card and f"on {len(second)} training samples" in card

@@ -156,6 +156,10 @@ def model_card(config: dict, summary: dict, train_size: int | None = None) -> st
         "## Routing",
         "",
         f"- {ROUTING_WORDS.get(summary.get('routing'), str(summary.get('routing')))}",
+        *([f"- then trained again (`--refit {summary['refit']}`, routing {summary.get('refit_routing')}) on "
+           f"{summary.get('kept_samples')} training samples ({summary.get('kept_fraction', 0):.1%}) that the first "
+           "stage's label-issue report did not flag: these weights are that second stage's"]
+          if summary.get("refit") not in (None, "none") else []),
         "",
         "## Results",
         "",

@@ -131,5 +131,8 @@ def second_stage(cfg, data, first: dict, predicted_prob: np.ndarray, is_main: bo
         shutil.rmtree(weights, ignore_errors=True)
         shutil.copytree(out / REFIT_DIR / "weights", out / ".tmp-weights")
         os.replace(out / ".tmp-weights", weights)
+        from .modelcard import write_model_card
+
+        write_model_card(out, result)  # the card of the weights handed over: both stages
         runs.atomic_write_json(out / runs.SUMMARY, result)
     return result
