@@ -125,6 +125,38 @@ def write(rows: list[dict], path: Path) -> None:
     runs.atomic_write_text(path, buf.getvalue())
 
 
+RECIPES = ("plain", "clear", "clean-auto", "refit", "cleanlab-refit")
+
+
+def table(path: Path) -> str:
+    """A markdown table of results.csv: per cell, each recipe's Delivered (Peak in brackets), in %; the seed
+    mean where a cell has several seeds."""
+    from collections import defaultdict
+    from statistics import fmean
+
+    with open(path, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    cells = defaultdict(lambda: defaultdict(list))
+    for r in rows:
+        cells[(r["dataset"], r["noise"], r["method"])][r["recipe"]].append(r)
+    lines = ["| data set | noise | method | seeds | " + " | ".join(RECIPES) + " | refit kept (wrong) |",
+             "|---|---|---|---|" + "---|" * (len(RECIPES) + 1)]
+    for (dataset, noise, method), by in cells.items():
+        def shown(recipe):
+            got = by.get(recipe)
+            if not got:
+                return "—"
+            return f"{100 * fmean(float(r['delivered_acc']) for r in got):.1f} ({100 * fmean(float(r['peak_acc']) for r in got):.1f})"
+
+        refit = by.get("refit") or []
+        kept = (f"{100 * fmean(float(r['kept_fraction']) for r in refit):.0f}% "
+                f"({100 * fmean(float(r['kept_noise_rate']) for r in refit):.1f}%)") if refit and refit[0]["kept_noise_rate"] else "—"
+        seeds = len({r["seed"] for recipe in by.values() for r in recipe})
+        lines.append(f"| {dataset} | {noise} | {method} | {seeds} | " + " | ".join(shown(x) for x in RECIPES)
+                     + f" | {kept} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=ROOT / "results" / "refit")
@@ -135,7 +167,11 @@ def main() -> None:
                         help="train nothing: write results.csv from the finished runs of every cell")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                         help="change the protocol (a smoke test: --set max_train_samples=64 epochs=2)")
+    parser.add_argument("--table", action="store_true", help="print results.csv as a markdown table and stop")
     args = parser.parse_args()
+    if args.table:
+        print(table(args.out / "results.csv"))
+        return
     BASE.update((key, yaml.safe_load(value)) for key, value in (item.split("=", 1) for item in args.set))
     args.out.mkdir(parents=True, exist_ok=True)
     rows = []
