@@ -87,7 +87,10 @@ def cleanlab_refit(cfg, log) -> dict:
     b = data.bundle
     bundle = DataBundle(b.name, list(b.label_names), Split([data.texts[i] for i in kept], labels), b.test,
                         Split(b.dev.texts, data.dev.labels) if b.dev is not None else None)
+    from clearpeft.refit import second_stage_epochs
+
     stage = replace(cfg, routing="none", reg_weight=0.0, noise="clean", max_train_samples=None,
+                    epochs=second_stage_epochs(cfg.epochs, len(noisy), len(kept)),
                     max_eval_samples=None, dev_holdout=0.0, dev_labels="clean", no_dynamics=True)
     resume = (out / "config.json").exists()
     summary = train(stage, resume=resume, overwrite=False, progress=False, log=log, data=bundle)

@@ -35,6 +35,15 @@ def test_a_class_the_flag_would_empty_keeps_its_best_scored_samples():
     assert labels[-2:].tolist() == [2, 2] and set(labels.tolist()) == {0, 1, 2}
 
 
+def test_second_stage_takes_the_first_stages_steps():
+    from clearpeft.refit import second_stage_epochs
+
+    assert second_stage_epochs(6, 2000, 1000) == 12  # half the samples: twice the epochs
+    assert second_stage_epochs(6, 2000, 1800) == 7
+    assert second_stage_epochs(6, 2000, 100) == 24  # at most 4x
+    assert second_stage_epochs(6, 2000, 2000) == 6
+
+
 def test_relabel_takes_confident_predictions_and_drops_the_rest():
     given = np.array([0, 0, 0, 0, 1, 1, 1, 1, 1, 1])
     flags = np.array([False, False, False, True, False, False, False, False, True, True])
@@ -96,6 +105,7 @@ def test_refit_drop_trains_a_second_stage_on_the_unflagged_samples(tmp_path):
     first = json.loads((run / "first_stage_summary.json").read_text())
     assert summary["first_stage"] == first and first["routing"] == "clean" and "refit" not in first
     assert summary["refit"] == "drop" and summary["routing"] == "clean" and summary["refit_routing"] == "none"
+    assert summary["refit_epochs"] == summary["epochs"] == round(2 * 160 / len(second))  # the same steps
     assert summary == json.loads((run / "summary.json").read_text())
     # the kept labels are cleaner than all the labels
     assert summary["kept_noise_rate"] < summary["realized_noise_rate"]

@@ -175,6 +175,8 @@ class TrainConfig:
                                 "confident enough take it, the others are left out); a class keeps its best-scored "
                                 "samples when the flag would empty it", ("none", "drop", "relabel"))
     refit_routing: str = option("none", "routing of the second stage of --refit (none: plain PEFT)", STRATEGIES)
+    refit_epochs: int | None = option(None, "epochs of the second stage of --refit (default: about as many optimizer "
+                                            "steps as the first stage, at most 4x its epochs)", AT_LEAST_1)
     relabel_threshold: float = option(0.9, "--refit relabel: the predicted label's probability that relabels a "
                                            "flagged sample", UNIT)
     # The method options take their defaults from the method configs (peft/), where they are stated.

@@ -40,6 +40,17 @@ FIRST_STAGE_WEIGHTS = "first_stage_weights"
 CLASS_FLOOR_SHARE = 0.1
 
 
+# The second stage trains on fewer samples; with the first stage's epochs it would take fewer optimizer steps
+# and stop short (measured in docs/refit.md). So by default it takes as many steps as the first stage, up to
+# this many times its epochs (--keep best-dev picks the epoch, so the longer run costs time, not accuracy).
+MAX_EPOCH_FACTOR = 4
+
+
+def second_stage_epochs(epochs: int, n_train: int, n_kept: int) -> int:
+    """Epochs for ``n_kept`` samples that take about the optimizer steps of ``epochs`` over ``n_train``."""
+    return max(epochs, min(MAX_EPOCH_FACTOR * epochs, round(epochs * n_train / max(n_kept, 1))))
+
+
 def class_floor(n_train: int, num_labels: int) -> int:
     return max(1, math.ceil(CLASS_FLOOR_SHARE * n_train / num_labels))
 
@@ -103,13 +114,16 @@ def second_stage(cfg, data, first: dict, predicted_prob: np.ndarray, is_main: bo
         dev = Split(bundle.dev.texts, data.dev.labels)
     second = DataBundle(bundle.name, list(bundle.label_names),
                         Split([data.texts[i] for i in kept], labels), bundle.test, dev)
+    epochs = cfg.refit_epochs or second_stage_epochs(cfg.epochs, len(report["given"]), len(kept))
+    warmup = min(cfg.warmup_epochs, epochs - 1) if cfg.refit_routing != "none" else cfg.warmup_epochs
     stage_cfg = replace(cfg, routing=cfg.refit_routing, noise="clean", refit="none", out=str(out / REFIT_DIR),
+                        epochs=epochs, warmup_epochs=warmup,
                         max_train_samples=None, max_eval_samples=None, dev_holdout=0.0, dev_labels="clean",
                         no_dynamics=cfg.refit_routing == "none" or cfg.no_dynamics)
     true = np.asarray(bundle.train.labels)
     counts = np.bincount(labels, minlength=bundle.num_labels)
     log(f"refit ({cfg.refit}): training again on {len(kept)} of {len(true)} samples "
-        f"({int(report['flags'].sum())} flagged); smallest class {int(counts.min())}")
+        f"({int(report['flags'].sum())} flagged) for {epochs} epochs; smallest class {int(counts.min())}")
     done = (out / REFIT_DIR / runs.SUMMARY).exists()
     if done:
         summary = json.loads((out / REFIT_DIR / runs.SUMMARY).read_text())
@@ -120,7 +134,8 @@ def second_stage(cfg, data, first: dict, predicted_prob: np.ndarray, is_main: bo
     result = {**summary, "routing": cfg.routing, "noise": cfg.noise, "dataset": cfg.dataset,
               "realized_noise_rate": first["realized_noise_rate"], "dev_labels": first["dev_labels"],
               "estimated_noise_rate": first["estimated_noise_rate"],
-              "refit": cfg.refit, "refit_routing": cfg.refit_routing, "kept_samples": int(len(kept)),
+              "refit": cfg.refit, "refit_routing": cfg.refit_routing, "refit_epochs": epochs,
+              "kept_samples": int(len(kept)),
               "kept_fraction": len(kept) / len(true),
               "kept_noise_rate": float(np.mean(labels != true[kept])) if injected and len(kept) else None,
               "first_stage": first}
