@@ -68,9 +68,9 @@ def cleanlab_refit(cfg, log) -> dict:
     from cleanlab.filter import find_label_issues
     from label_issues import cross_validated_probs
 
+    from clearpeft import runs
     from clearpeft.backbone import embed_texts, load_tokenizer
-    from clearpeft.data.loaders import DataBundle, Split
-    from clearpeft.refit import trusted_labels
+    from clearpeft.refit import second_stage_bundle, second_stage_epochs, trusted_labels
     from clearpeft.train import prepare_data, train
 
     out = Path(cfg.out)
@@ -84,11 +84,7 @@ def cleanlab_refit(cfg, log) -> dict:
     flags = find_label_issues(noisy, probs)
     kept, labels = trusted_labels(flags, noisy, probs.argmax(1), probs[np.arange(len(noisy)), noisy],
                                   probs.max(1), k, "drop")
-    b = data.bundle
-    bundle = DataBundle(b.name, list(b.label_names), Split([data.texts[i] for i in kept], labels), b.test,
-                        Split(b.dev.texts, data.dev.labels) if b.dev is not None else None)
-    from clearpeft.refit import second_stage_epochs
-
+    bundle = second_stage_bundle(data, kept, labels)
     stage = replace(cfg, routing="none", reg_weight=0.0, noise="clean", max_train_samples=None,
                     epochs=second_stage_epochs(cfg.epochs, len(noisy), len(kept)),
                     max_eval_samples=None, dev_holdout=0.0, dev_labels="clean", no_dynamics=True)
@@ -97,8 +93,6 @@ def cleanlab_refit(cfg, log) -> dict:
     summary.update({"noise": cfg.noise, "realized_noise_rate": data.noisy.realized_rate,
                     "kept_fraction": len(kept) / len(noisy), "kept_noise_rate": float(np.mean(labels != true[kept])),
                     "dev_labels": "noisy" if data.dev_noisy is not None else "clean", "cleanlab_flagged": int(flags.sum())})
-    from clearpeft import runs
-
     runs.atomic_write_json(out / "summary.json", summary)
     return summary
 
@@ -177,9 +171,9 @@ def main() -> None:
         return
     BASE.update((key, yaml.safe_load(value)) for key, value in (item.split("=", 1) for item in args.set))
     args.out.mkdir(parents=True, exist_ok=True)
-    rows = []
     from clearpeft.errors import RunLocked
 
+    rows = []
     for cell in CELLS[args.start:args.start + args.cells]:
         for recipe, folder, make in recipes(cell, args.out, log=lambda m: print(m, file=sys.stderr, flush=True)):
             print(f"{cell} {recipe} ...", file=sys.stderr, flush=True)

@@ -87,6 +87,16 @@ def trusted_labels(flags: np.ndarray, given: np.ndarray, predicted: np.ndarray, 
     return kept, labels[kept]
 
 
+def second_stage_bundle(data, kept: np.ndarray, labels: np.ndarray):
+    """The data of a second stage: the kept training samples with their labels, the first stage's test split,
+    and its dev split with the labels it selected by (noisy under --noise by default)."""
+    from .data.loaders import DataBundle, Split
+
+    b = data.bundle
+    dev = Split(b.dev.texts, data.dev.labels) if b.dev is not None else None
+    return DataBundle(b.name, list(b.label_names), Split([data.texts[i] for i in kept], labels), b.test, dev)
+
+
 def read_report(run: Path) -> dict[str, np.ndarray]:
     """The first stage's clean_probs.csv as arrays in training-sample order."""
     with open(run / "clean_probs.csv", newline="", encoding="utf-8") as handle:
@@ -102,18 +112,11 @@ def second_stage(cfg, data, first: dict, predicted_prob: np.ndarray, is_main: bo
     """Train the second stage of ``cfg`` (resolved) after its first stage ``first`` (summary) on ``data``
     (train.Prepared; ``predicted_prob`` [n]: the probability of the first stage's predicted label); returns
     the run's summary, which is then the second stage's."""
-    from .data.loaders import DataBundle, Split
-
     out = Path(cfg.out)
     report = read_report(out)
     kept, labels = trusted_labels(report["flags"], report["given"], report["predicted"], report["score"],
                                   predicted_prob, data.bundle.num_labels, cfg.refit, cfg.relabel_threshold)
-    bundle = data.bundle
-    dev = None
-    if bundle.dev is not None:  # the labels the first stage selected by (noisy under --noise by default)
-        dev = Split(bundle.dev.texts, data.dev.labels)
-    second = DataBundle(bundle.name, list(bundle.label_names),
-                        Split([data.texts[i] for i in kept], labels), bundle.test, dev)
+    bundle, second = data.bundle, second_stage_bundle(data, kept, labels)
     epochs = cfg.refit_epochs or second_stage_epochs(cfg.epochs, len(report["given"]), len(kept))
     warmup = min(cfg.warmup_epochs, epochs - 1) if cfg.refit_routing != "none" else cfg.warmup_epochs
     stage_cfg = replace(cfg, routing=cfg.refit_routing, noise="clean", refit="none", out=str(out / REFIT_DIR),
