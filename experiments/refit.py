@@ -165,6 +165,8 @@ def main() -> None:
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                         help="change the protocol (a smoke test: --set max_train_samples=64 epochs=2)")
     parser.add_argument("--table", action="store_true", help="print results.csv as a markdown table and stop")
+    parser.add_argument("--recipes", nargs="*", default=list(RECIPES), choices=RECIPES,
+                        help="train only these recipes (clean-auto is read from the refit run)")
     args = parser.parse_args()
     if args.table:
         print(table(args.out / "results.csv"))
@@ -176,6 +178,8 @@ def main() -> None:
     rows = []
     for cell in CELLS[args.start:args.start + args.cells]:
         for recipe, folder, make in recipes(cell, args.out, log=lambda m: print(m, file=sys.stderr, flush=True)):
+            if recipe not in args.recipes and not (recipe == "clean-auto" and "refit" in args.recipes):
+                continue
             print(f"{cell} {recipe} ...", file=sys.stderr, flush=True)
             try:
                 if args.collect:

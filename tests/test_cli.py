@@ -136,7 +136,7 @@ def test_warmup_not_shorter_than_epochs_is_a_warning(tmp_path):
 
 @pytest.mark.slow
 def test_instance_noise_command(sst5, tmp_path):
-    """On a user's file (3,000 SST-5 sentences, so the embedding pass stays short; 2,400 are the training split
+    """On a user's file (1,875 SST-5 sentences, so the embedding pass stays short; 1,500 are the training split
     after the file's 20% test hold-out)."""
     import csv
 
@@ -144,7 +144,7 @@ def test_instance_noise_command(sst5, tmp_path):
     with open(path, "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["text", "label"])
-        writer.writerows(zip(sst5.train.texts[:3000], sst5.train.labels[:3000].tolist()))
+        writer.writerows(zip(sst5.train.texts[:1875], sst5.train.labels[:1875].tolist()))
     done = run("noise", str(path), "--noise", "instance:0.4", "--seed", "0", "--json")
     assert done.returncode == 0, done.stderr[-2000:]
     result = json.loads(done.stdout)

@@ -38,7 +38,7 @@ def test_a_compiled_run_reproduces_the_eager_run(tmp_path, monkeypatch, backbone
     caches are the compiled kernels and graphs, which the run still executes."""
     cache = Path(os.environ.get("CLEARPEFT_CACHE", Path.home() / ".cache" / "clearpeft")) / "inductor-tests"
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(cache))
-    base = dict(dataset="sst5", model=str(backbone_variant(num_hidden_layers=2)), peft="lora", routing="clean", noise="symmetric:0.6", epochs=2, warmup_epochs=0,
+    base = dict(dataset="sst5", model=str(backbone_variant(num_hidden_layers=1)), peft="lora", routing="clean", noise="symmetric:0.6", epochs=2, warmup_epochs=0,
                 max_train_samples=64, max_eval_samples=64, batch_size=16, eval_passes=1, seed=0)
     eager = train(TrainConfig(**base, compile="off", out=str(tmp_path / "eager")), progress=False, log=lambda m: None)
     compiled = train(TrainConfig(**base, compile="on", out=str(tmp_path / "compiled")), progress=False,

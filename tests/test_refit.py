@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from clearpeft.noise import NoiseSpec, apply_noise
-from clearpeft.refit import class_floor, trusted_labels
+from clearpeft.refit import class_floor, handed_over, trusted_labels
 
 
 def test_drop_leaves_out_the_flagged_samples():
@@ -105,15 +105,32 @@ def test_refit_drop_trains_a_second_stage_on_the_unflagged_samples(tmp_path):
     first = json.loads((run / "first_stage_summary.json").read_text())
     assert summary["first_stage"] == first and first["routing"] == "clean" and "refit" not in first
     assert summary["refit"] == "drop" and summary["routing"] == "clean" and summary["refit_routing"] == "none"
-    assert summary["refit_epochs"] == summary["epochs"] == round(2 * 160 / len(second))  # the same steps
+    second_summary = json.loads((run / "refit" / "summary.json").read_text())
+    assert summary["refit_epochs"] == second_summary["epochs"] == round(2 * 160 / len(second))  # the same steps
     assert summary == json.loads((run / "summary.json").read_text())
+    # the stage handed over is the one with the better dev accuracy, and the run's numbers are its own
+    stage = handed_over(first, second_summary, "best-dev")
+    assert summary["handed_over"] == stage
+    chosen = second_summary if stage == "second" else first
+    for key in ("delivered_acc", "peak_acc", "avg_acc", "last_acc", "kept_epoch", "epochs"):
+        assert summary[key] == chosen[key]
+        assert summary["second_stage"][key] == second_summary[key]
     # the kept labels are cleaner than all the labels
     assert summary["kept_noise_rate"] < summary["realized_noise_rate"]
-    # every class survives, and the delivered weights are the second stage's
+    # every class survives, and the delivered weights are the chosen stage's
     assert len({r["noisy_label"] for r in second}) == 5
     test = load_data("sst5").test.subset(64, 0)
     probs = load_run(run).predict_proba(test.texts)
     assert np.mean(probs.argmax(1) == test.labels) == pytest.approx(summary["delivered_acc"], abs=1.5 / 64)
-    assert (run / "first_stage_weights" / "trained.safetensors").exists()
+    assert (run / "first_stage_weights" / "trained.safetensors").exists() == (stage == "second")
     card = (run / "weights" / "README.md").read_text()
     assert "`--refit drop`" in card and f"on {len(second)} training samples" in card
+    assert f"these weights are the {stage} stage's" in card
+
+
+def test_the_second_stage_is_handed_over_only_when_dev_prefers_it():
+    first = {"dev_peak_acc": 0.40, "dev_last_acc": 0.30}
+    assert handed_over(first, {"dev_peak_acc": 0.41, "dev_last_acc": 0.29}, "best-dev") == "second"
+    assert handed_over(first, {"dev_peak_acc": 0.41, "dev_last_acc": 0.29}, "last") == "first"
+    assert handed_over(first, {"dev_peak_acc": 0.40, "dev_last_acc": 0.30}, "best-dev") == "first"  # a tie
+    assert handed_over({}, {}, "best-dev") == "second"  # no dev split: what --refit asked for

@@ -157,6 +157,8 @@ def cmd_train(args) -> int:
                 "trainable_params", "train_seconds"):
         value = summary[key]
         print(f"{key:<22} {value:.4f}" if isinstance(value, float) else f"{key:<22} {value}")
+    for key in ("refit", "handed_over", "kept_samples") if summary.get("refit", "none") != "none" else ():
+        print(f"{key:<22} {summary[key]}")
     return 0
 
 

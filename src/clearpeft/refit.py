@@ -15,9 +15,11 @@ The label space stays the first stage's. A class the flag would empty (at 60% no
 of a rare class can be wrong, and all of them flagged) keeps its ``class_floor`` best-scored samples, so the
 second stage still knows every class and the test split has no label the training split lacks.
 
-The run folder keeps both stages: the first stage's files where they always are (its report is the run's
-label-issue report), the second stage's run in ``refit/``; weights/ and summary.json are the second stage's,
-with the first stage's weights in ``first_stage_weights/`` and its summary under ``first_stage``.
+The second stage is handed over only when its dev accuracy beats the first stage's (``handed_over``), as
+--keep best-dev chooses an epoch. The run folder keeps both stages: the first stage's files where they always
+are (its report is the run's label-issue report), the second stage's run in ``refit/``. When the second stage
+is handed over, weights/ and summary.json's numbers are its own, with the first stage's weights in
+``first_stage_weights/``; summary.json keeps both (``first_stage``, ``second_stage``, ``handed_over``).
 """
 
 from __future__ import annotations
@@ -134,23 +136,55 @@ def second_stage(cfg, data, first: dict, predicted_prob: np.ndarray, is_main: bo
         summary = train_fn(stage_cfg, resume=resume and (out / REFIT_DIR / runs.CONFIG).exists(),
                            overwrite=not resume, progress=progress, log=log, data=second)
     injected = cfg.noise.strip().lower() not in ("clean", "none", "")
-    result = {**summary, "routing": cfg.routing, "noise": cfg.noise, "dataset": cfg.dataset,
+    stage = handed_over(first, summary, cfg.keep)
+    result = {**(summary if stage == "second" else first), "routing": cfg.routing, "noise": cfg.noise,
+              "dataset": cfg.dataset,
               "realized_noise_rate": first["realized_noise_rate"], "dev_labels": first["dev_labels"],
               "estimated_noise_rate": first["estimated_noise_rate"],
               "refit": cfg.refit, "refit_routing": cfg.refit_routing, "refit_epochs": epochs,
+              "handed_over": stage,
               "kept_samples": int(len(kept)),
               "kept_fraction": len(kept) / len(true),
               "kept_noise_rate": float(np.mean(labels != true[kept])) if injected and len(kept) else None,
-              "first_stage": first}
+              "first_stage": first, "second_stage": {k: summary.get(k) for k in STAGE_FIELDS}}
+    if stage == "first":
+        log(f"refit: the second stage's dev accuracy {_dev_acc(summary, cfg.keep):.4f} is not above the first "
+            f"stage's {_dev_acc(first, cfg.keep):.4f}: the run hands over the first stage's weights")
     if is_main:
         weights, aside = out / "weights", out / FIRST_STAGE_WEIGHTS
-        if not aside.exists():
-            os.replace(weights, aside)
-        shutil.rmtree(weights, ignore_errors=True)
-        shutil.copytree(out / REFIT_DIR / "weights", out / ".tmp-weights")
-        os.replace(out / ".tmp-weights", weights)
+        if stage == "second":
+            if not aside.exists():
+                os.replace(weights, aside)
+            shutil.rmtree(weights, ignore_errors=True)
+            shutil.copytree(out / REFIT_DIR / "weights", out / ".tmp-weights")
+            os.replace(out / ".tmp-weights", weights)
+        elif aside.exists():  # a resumed run that had swapped the weights before it stopped
+            shutil.rmtree(weights, ignore_errors=True)
+            os.replace(aside, weights)
         from .modelcard import write_model_card
 
         write_model_card(out, result)  # the card of the weights handed over: both stages
         runs.atomic_write_json(out / runs.SUMMARY, result)
     return result
+
+
+# What summary.json keeps of the stage that is not handed over (the other one is the run's own numbers).
+STAGE_FIELDS = ("delivered_acc", "peak_acc", "avg_acc", "last_acc", "kept_epoch", "epochs", "dev_peak_acc",
+                "dev_last_acc", "train_seconds")
+
+
+def _dev_acc(summary: dict, keep: str) -> float | None:
+    """Dev accuracy of the weights a stage hands over (the labels it selected by: noisy under --noise)."""
+    value = summary.get("dev_peak_acc" if keep == "best-dev" else "dev_last_acc")
+    return None if value is None else float(value)
+
+
+def handed_over(first: dict, second: dict, keep: str) -> str:
+    """"first" when the first stage's dev accuracy is at least the second stage's, else "second".
+
+    The refit is a model choice like the epoch: it is made on dev, never on test. On clean data, or where
+    the flag drops samples the model needed, the first stage stays the run's model. Without a dev split there
+    is nothing to choose by, and the second stage (what --refit asked for) is handed over.
+    """
+    a, b = _dev_acc(first, keep), _dev_acc(second, keep)
+    return "first" if a is not None and b is not None and a >= b else "second"
