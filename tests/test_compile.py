@@ -33,8 +33,8 @@ def test_a_compiled_run_reproduces_the_eager_run(tmp_path, monkeypatch, backbone
     """fp32, so that only the order of float operations differs: Inductor fuses them, and its dropout masks come
     from torch's generator (fallback_random), so the same seed draws the same masks. No warm-up epoch: routed
     from the start, the run compiles three graphs (gated steps, gated passes, evaluation without gates) instead
-    of four: one cold compile fewer. The backbone's first 2 of 6 layers: the same model code in a third of the
-    graph. Inductor's cache persists between test sessions (cold: ~4 minutes on 2 cores, warm: ~1); what it
+    of four: one cold compile fewer. The backbone's first layer of 6: the same model code in a sixth of the
+    graph. Inductor's cache persists between test sessions (a cold one is most of this test's time); what it
     caches are the compiled kernels and graphs, which the run still executes."""
     cache = Path(os.environ.get("CLEARPEFT_CACHE", Path.home() / ".cache" / "clearpeft")) / "inductor-tests"
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(cache))
