@@ -185,7 +185,7 @@ def main() -> None:
                 if args.collect:
                     done = folder / "summary.json"
                     if not done.exists():
-                        break
+                        continue
                     summary = json.loads(done.read_text())
                     summary = summary["first_stage"] if recipe == "clean-auto" else summary
                 else:
