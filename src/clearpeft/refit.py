@@ -168,7 +168,7 @@ def second_stage(cfg, data, first: dict, predicted_prob: np.ndarray, is_main: bo
     return result
 
 
-# What summary.json keeps of the stage that is not handed over (the other one is the run's own numbers).
+# What summary.json keeps of the second stage under second_stage (the first stage's summary is kept whole).
 STAGE_FIELDS = ("delivered_acc", "peak_acc", "avg_acc", "last_acc", "kept_epoch", "epochs", "dev_peak_acc",
                 "dev_last_acc", "train_seconds")
 
