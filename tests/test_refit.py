@@ -3,6 +3,7 @@ one real two-stage run on SST-5."""
 
 import csv
 import json
+import math
 
 import numpy as np
 import pytest
@@ -109,8 +110,9 @@ def test_refit_drop_trains_a_second_stage_on_the_unflagged_samples(tmp_path):
     assert summary["refit_epochs"] == second_summary["epochs"] == round(2 * 160 / len(second))  # the same steps
     assert summary == json.loads((run / "summary.json").read_text())
     # the stage handed over is the one with the better dev accuracy, and the run's numbers are its own
-    stage = handed_over(first, second_summary, "best-dev")
+    stage = handed_over(first, second_summary, "best-dev", 64)  # max_eval_samples dev sentences
     assert summary["handed_over"] == stage
+    assert summary["handover_margin"] == pytest.approx(math.sqrt(first["dev_peak_acc"] * (1 - first["dev_peak_acc"]) / 64))
     chosen = second_summary if stage == "second" else first
     for key in ("delivered_acc", "peak_acc", "avg_acc", "last_acc", "kept_epoch", "epochs"):
         assert summary[key] == chosen[key]
@@ -134,3 +136,9 @@ def test_the_second_stage_is_handed_over_only_when_dev_prefers_it():
     assert handed_over(first, {"dev_peak_acc": 0.41, "dev_last_acc": 0.29}, "last") == "first"
     assert handed_over(first, {"dev_peak_acc": 0.40, "dev_last_acc": 0.30}, "best-dev") == "first"  # a tie
     assert handed_over({}, {}, "best-dev") == "second"  # no dev split: what --refit asked for
+    # with the dev size, the second stage must be ahead by more than one standard error of the first's:
+    # sqrt(0.4 * 0.6 / 1000) = 0.0155, sqrt(0.4 * 0.6 / 100) = 0.049
+    assert handed_over(first, {"dev_peak_acc": 0.415}, "best-dev", 1000) == "first"
+    assert handed_over(first, {"dev_peak_acc": 0.416}, "best-dev", 1000) == "second"
+    assert handed_over(first, {"dev_peak_acc": 0.44}, "best-dev", 100) == "first"
+    assert handed_over(first, {"dev_peak_acc": 0.45}, "best-dev", 100) == "second"
