@@ -218,6 +218,11 @@ def grid_command(config, out):
     return [sys.executable, "-m", "clearpeft", "grid", str(config), "--out", str(out), "--json"]
 
 
+# Every grid here runs on one thread: at the same thread count runs are bit-identical (another thread count sums
+# in another order, which moves the fit statistics in the 7th digit), so any two of them can be compared.
+ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
 def rows(results_dir):
     with open(results_dir / "results.csv", newline="") as handle:
         reader = csv.DictReader(handle)
@@ -230,7 +235,8 @@ def tiny_grid(tmp_path_factory):
     """The tiny grid (bitfit, routing none and clean: 2 runs), run once without interruption."""
     root = tmp_path_factory.mktemp("grid")
     config = write(root, TINY)
-    done = subprocess.run(grid_command(config, root / "whole"), capture_output=True, text=True, timeout=1800)
+    done = subprocess.run(grid_command(config, root / "whole"), capture_output=True, text=True, timeout=1800,
+                          env=ONE_THREAD)
     assert done.returncode == 0, done.stderr[-2000:]
     assert json.loads(done.stdout)["finished"] == 2
     assert "[2/2 done]" in done.stderr and "ETA" in done.stderr
@@ -253,7 +259,8 @@ def test_a_run_older_than_a_config_field_resumes_as_that_fields_default(tmp_path
 def test_killed_grid_restarts_without_redoing_finished_runs(tiny_grid):
     config, whole = tiny_grid
     out = whole.parent / "killed"
-    proc = subprocess.Popen(grid_command(config, out), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(grid_command(config, out), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env=ONE_THREAD)
     first = out / FIRST_RUN / "summary.json"
     second_status = out / SECOND_RUN / "status.json"
     deadline = time.time() + 600
@@ -267,7 +274,7 @@ def test_killed_grid_restarts_without_redoing_finished_runs(tiny_grid):
     finished_at = first.stat().st_mtime_ns
     assert not (out / SECOND_RUN / "summary.json").exists()
 
-    again = subprocess.run(grid_command(config, out), capture_output=True, text=True, timeout=1800)
+    again = subprocess.run(grid_command(config, out), capture_output=True, text=True, timeout=1800, env=ONE_THREAD)
     assert again.returncode == 0, again.stderr[-2000:]
     assert "2 runs, 1 already finished" in again.stderr
     assert "[2/2] resuming" in again.stderr and "resuming after epoch 1" in again.stderr
@@ -287,26 +294,21 @@ def test_killed_grid_restarts_without_redoing_finished_runs(tiny_grid):
 @pytest.mark.slow
 def test_workers_run_the_same_runs_in_processes_of_their_own(tiny_grid):
     """--workers 2 (for a GPU that one small run leaves idle) trains both cells at once and ends with the same
-    results as one after the other: each run's draws come from its own seed, not from the process. At the same
-    thread count the runs are bit-identical (another thread count sums in another order, which moves the
-    fit statistics in the 7th digit), so both grids here run with OMP_NUM_THREADS=1."""
+    results as the tiny grid run one after the other: each run's draws come from its own seed, not from the
+    process."""
     config, whole = tiny_grid
-    one_thread = {**os.environ, "OMP_NUM_THREADS": "1"}
-    outs = {}
-    for workers in (1, 2):
-        outs[workers] = whole.parent / f"workers{workers}"
-        done = subprocess.run([*grid_command(config, outs[workers]), "--workers", str(workers)], capture_output=True,
-                              text=True, timeout=1800, env=one_thread)
-        assert done.returncode == 0, done.stderr[-2000:]
-        assert json.loads(done.stdout)["ran_now"] == 2 and "[2/2 done]" in done.stderr
-    assert rows(outs[2]) == rows(outs[1])
+    out = whole.parent / "workers2"
+    done = subprocess.run([*grid_command(config, out), "--workers", "2"], capture_output=True, text=True,
+                          timeout=1800, env=ONE_THREAD)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads(done.stdout)["ran_now"] == 2 and "[2/2 done]" in done.stderr
+    assert rows(out) == rows(whole)
     for run in (FIRST_RUN, SECOND_RUN):
-        def lines(out):
+        def lines(folder):
             return [{k: v for k, v in json.loads(line).items() if "seconds" not in k}
-                    for line in (out / run / "metrics.jsonl").read_text().splitlines()]
+                    for line in (folder / run / "metrics.jsonl").read_text().splitlines()]
 
-        assert lines(outs[2]) == lines(outs[1])
-    out = outs[2]
+        assert lines(out) == lines(whole)
     bad = subprocess.run([*grid_command(config, out), "--workers", "0"], capture_output=True, text=True, timeout=1800)
     assert bad.returncode == 2 and "--workers must be at least 1" in bad.stderr
 

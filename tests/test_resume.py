@@ -17,7 +17,7 @@ pytestmark = pytest.mark.slow
 
 def command(out, *extra):
     return [sys.executable, "-m", "clearpeft", "train", "--dataset", "sst5", "--peft", "adapter", "--noise",
-            "symmetric:0.6", "--routing", "clean", "--epochs", "4", "--warmup-epochs", "2", "--max-train-samples",
+            "symmetric:0.6", "--routing", "clean", "--epochs", "3", "--warmup-epochs", "2", "--max-train-samples",
             "160", "--max-eval-samples", "48", "--batch-size", "16", "--max-length", "32", "--seed", "3",
             "--out", str(out), "--json", *extra]
 
@@ -58,8 +58,8 @@ def test_kill_at_three_moments_and_resume_matches_uninterrupted(tmp_path, whole)
 
     run = tmp_path / "killed"
     moments = [(1, "train", 1.0),   # a training step during warm-up
-               (2, "pass", 0.05),    # the clean-probability pass of the first routed epoch
-               (3, "train", 1.0)]   # a routed training step after warm-up
+               (2, "train", 1.0),   # a routed training step after warm-up
+               (2, "pass", 0.05)]    # the clean-probability pass of that first routed epoch
     for i, (epoch, phase, delay) in enumerate(moments):
         proc = subprocess.Popen(command(run, *(["--resume"] if i else [])), stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL)
@@ -67,7 +67,7 @@ def test_kill_at_three_moments_and_resume_matches_uninterrupted(tmp_path, whole)
         assert not (run / "summary.json").exists()
     again = subprocess.run(command(run, "--resume"), capture_output=True, text=True, timeout=1800)
     assert again.returncode == 0, again.stderr[-2000:]
-    assert "resuming after epoch 3" in again.stderr
+    assert "resuming after epoch 2" in again.stderr
     assert rows(run) == rows(reference)
     assert json.loads(again.stdout)["avg_acc"] == summary["avg_acc"]
 
@@ -76,11 +76,11 @@ def test_damaged_checkpoint_falls_back_to_the_previous(tmp_path, whole):
     run = tmp_path / "run"
     shutil.copytree(whole[0], run)
     reference = rows(run)
-    newest = run / "checkpoints" / "epoch-3"
+    newest = run / "checkpoints" / "epoch-2"
     weights = next(newest.glob("*.safetensors"))
     weights.write_bytes(weights.read_bytes()[:-100])  # truncated
     (run / "summary.json").unlink()  # as if killed after the last checkpoint, before the summary
     again = subprocess.run(command(run, "--resume"), capture_output=True, text=True, timeout=1800)
     assert again.returncode == 0, again.stderr[-2000:]
-    assert "damaged" in again.stderr and "resuming after epoch 3" in again.stderr
+    assert "damaged" in again.stderr and "resuming after epoch 2" in again.stderr
     assert rows(run) == reference

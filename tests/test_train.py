@@ -144,7 +144,7 @@ def test_cli_train_and_predict(tmp_path):
     out = tmp_path / "cli"
     cmd = [sys.executable, "-m", "clearpeft", "train", "--dataset", "sst5", "--peft", "bitfit", "--noise",
            "symmetric:0.6", "--routing", "clean", "--epochs", "2", "--warmup-epochs", "1", "--max-train-samples",
-           "128", "--max-eval-samples", "64", "--seed", "0", "--out", str(out), "--json"]
+           "128", "--max-eval-samples", "64", "--max-length", "32", "--seed", "0", "--out", str(out), "--json"]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
     assert done.returncode == 0, done.stderr[-2000:]
     summary = json.loads(done.stdout)
@@ -217,15 +217,11 @@ def test_estimate_from_train_uses_the_steps_and_skips_the_pass(lora_run, tmp_pat
     assert cheap[2]["detect_auc"] != faithful[2]["detect_auc"]  # another p, so other gates
 
 
-@pytest.mark.parametrize("pass_gates", ["random", "routed"])
-def test_pass_gates_do_not_depend_on_p(tmp_path, monkeypatch, pass_gates):
+def check_pass_gates(passes: list, rows: list[dict], pass_gates: str) -> None:
     """The per-sample pass after a routed epoch draws Bernoulli(γ) gates for every sample (the reference code's
-    pass): a sample routed off in training is still measured with its modules. --pass-gates routed draws them as
-    the steps do, by γ·p, so the gates of the pass fall with p."""
-    passes = count_training_passes(monkeypatch)
-    train(small(tmp_path, pass_gates, pass_gates=pass_gates, epochs=3, no_dynamics=True, eval_passes=0),
-          progress=False, log=lambda m: None)
-    rows = metrics(tmp_path / pass_gates)
+    pass, --pass-gates random, the default): a sample routed off in training is still measured with its
+    modules. --pass-gates routed draws them as the steps do, by γ·p, so the gates of the pass fall with p.
+    ``passes``: count_training_passes of a 3-epoch run with --no-dynamics, ``rows`` its metrics."""
     # Passes after epoch 1 (warm-up: Bernoulli(γ) either way) and epoch 2 (routed), then the final all-on pass.
     assert len(passes) == 3 and passes[2] is None
     assert abs(passes[0] - 0.85) < 0.03
@@ -235,6 +231,14 @@ def test_pass_gates_do_not_depend_on_p(tmp_path, monkeypatch, pass_gates):
         assert abs(passes[1] - 0.85) < 0.03
     else:
         assert passes[1] < 0.8 and abs(passes[1] - steps_gate) < 0.1
+
+
+def test_routed_pass_gates_fall_with_p(tmp_path, monkeypatch):
+    # (the default, random, is checked on the fast-settings run below: the same run but for this flag)
+    passes = count_training_passes(monkeypatch)
+    train(small(tmp_path, "routed", pass_gates="routed", epochs=3, no_dynamics=True, eval_passes=0),
+          progress=False, log=lambda m: None)
+    check_pass_gates(passes, metrics(tmp_path / "routed"), "routed")
 
 
 def test_gate_weighted_loss_changes_only_routed_epochs(lora_run, tmp_path):
@@ -255,6 +259,7 @@ def test_fast_settings_skip_only_what_clear_does_not_use(lora_run, tmp_path, mon
     passes = count_training_passes(monkeypatch)
     summary = train(small(tmp_path, "fast", no_dynamics=True, eval_passes=0), progress=False, log=lambda m: None)
     assert len(passes) == 3  # after epochs 1 and 2, and the final one
+    check_pass_gates(passes, metrics(tmp_path / "fast"), "random")
     fast, full = without_timing(metrics(tmp_path / "fast")), without_timing(metrics(run))
     assert all(row.pop("test_acc_routed") is None for row in fast)
     assert summary["peak_acc_routed"] is None

@@ -137,9 +137,15 @@ def _train_config(args):
 
 
 def cmd_train(args) -> int:
+    cfg = _train_config(args)
+    from . import runs
+
+    # A folder that cannot take a new run is refused before torch loads (seconds); one another run holds is
+    # left to train(), which says who holds it.
+    if not args.resume and not (Path(cfg.out) / runs.LOCK).exists():
+        runs.check_run_dir(cfg.out, {}, resume=False, overwrite=args.overwrite, defaults={})
     from .api import fit
 
-    cfg = _train_config(args)
     options = {k: v for k, v in vars(cfg).items() if k not in ("dataset", "text_column", "label_column", "out")}
     run = fit(cfg.dataset, text_column=cfg.text_column, label_column=cfg.label_column, out=cfg.out,
               resume=args.resume, overwrite=args.overwrite, progress=not args.json,
