@@ -193,9 +193,8 @@ def handed_over(first: dict, second: dict, keep: str, n_dev: int = 0) -> str:
 
     The refit is a model choice like the epoch: it is made on dev, never on test. On clean data, or where
     the flag drops samples the model needed, the first stage stays the run's model. The margin is there
-    because dev accuracy is noisy (on SST-5's 1,101 sentences one standard error is about 1.4 points) and
-    the second stage's is the best of more epochs, so a second stage that is only as good wins a bare
-    comparison more often than not. Without a dev split there is nothing to choose by, and the second stage
+    because dev accuracy is noisy and the second stage's is the best of more epochs, so a second stage that
+    is only as good wins a bare comparison more often than not (docs/refit.md: what it costs under noise). Without a dev split there is nothing to choose by, and the second stage
     (what --refit asked for) is handed over.
     """
     a, b = _dev_acc(first, keep), _dev_acc(second, keep)
