@@ -137,13 +137,13 @@ def second_stage(cfg, data, first: dict, predicted_prob: np.ndarray, is_main: bo
                            overwrite=not resume, progress=progress, log=log, data=second)
     injected = cfg.noise.strip().lower() not in ("clean", "none", "")
     n_dev = len(data.dev.labels) if data.dev is not None else 0
-    stage = handed_over(first, summary, cfg.keep, n_dev)
+    stage, margin = handed_over(first, summary, cfg.keep, n_dev), handover_margin(first, cfg.keep, n_dev)
     result = {**(summary if stage == "second" else first), "routing": cfg.routing, "noise": cfg.noise,
               "dataset": cfg.dataset,
               "realized_noise_rate": first["realized_noise_rate"], "dev_labels": first["dev_labels"],
               "estimated_noise_rate": first["estimated_noise_rate"],
               "refit": cfg.refit, "refit_routing": cfg.refit_routing, "refit_epochs": epochs,
-              "handed_over": stage, "handover_margin": handover_margin(first, cfg.keep, n_dev),
+              "handed_over": stage, "handover_margin": margin,
               "kept_samples": int(len(kept)),
               "kept_fraction": len(kept) / len(true),
               "kept_noise_rate": float(np.mean(labels != true[kept])) if injected and len(kept) else None,
@@ -151,7 +151,7 @@ def second_stage(cfg, data, first: dict, predicted_prob: np.ndarray, is_main: bo
     if stage == "first":
         log(f"refit: the second stage's dev accuracy {_dev_acc(summary, cfg.keep):.4f} is not above the first "
             f"stage's {_dev_acc(first, cfg.keep):.4f} by more than its standard error "
-            f"{result['handover_margin']:.4f}: the run hands over the first stage's weights")
+            f"{margin:.4f}: the run hands over the first stage's weights")
     if is_main:
         weights, aside = out / "weights", out / FIRST_STAGE_WEIGHTS
         if stage == "second":
@@ -194,8 +194,9 @@ def handed_over(first: dict, second: dict, keep: str, n_dev: int = 0) -> str:
     The refit is a model choice like the epoch: it is made on dev, never on test. On clean data, or where
     the flag drops samples the model needed, the first stage stays the run's model. The margin is there
     because dev accuracy is noisy and the second stage's is the best of more epochs, so a second stage that
-    is only as good wins a bare comparison more often than not (docs/refit.md: what it costs under noise). Without a dev split there is nothing to choose by, and the second stage
-    (what --refit asked for) is handed over.
+    is only as good wins a bare comparison more often than not (docs/refit.md: what it costs under noise).
+    Without a dev split there is nothing to choose by, and the second stage (what --refit asked for) is
+    handed over.
     """
     a, b = _dev_acc(first, keep), _dev_acc(second, keep)
     if a is None or b is None:
