@@ -18,6 +18,7 @@ import math
 from collections import defaultdict
 from pathlib import Path
 
+from clearpeft.label_issues import noise_rate_estimate
 from clearpeft.routing import is_wrong_label_mode
 
 
@@ -52,9 +53,11 @@ def main() -> None:
             est, weight = estimate(fit, len(config["label_names"]))
             summary = json.loads(summary_path.read_text())
             summary = summary.get("first_stage", summary)  # a --refit run: the first stage read the noise
+            run_estimate = noise_rate_estimate(est, summary.get("cl_noise_rate"))[0]
             rows.append({"run": str(folder), "dataset": config["dataset"], "noise": config["noise"],
                          "method": config["peft"], "routing": config["routing"],
-                         "realized": summary["realized_noise_rate"], "estimated": est, "weight": weight,
+                         "realized": summary["realized_noise_rate"], "fit": est, "estimated": run_estimate,
+                         "weight": weight,
                          # confident learning's count (runs made since it is recorded): in-sample and on dev
                          "cl": summary.get("cl_noise_rate"), "cl_dev": summary.get("cl_noise_rate_dev")})
     if not rows:
@@ -62,27 +65,30 @@ def main() -> None:
     groups = defaultdict(list)
     for r in rows:
         groups["all"].append(r)
-        groups[f"{r['dataset']} {r['noise'].split(':')[0]}"].append(r)
+        groups[f"{r['dataset']} {r['noise']}"].append(r)
     if args.markdown:
-        print("| data set | noise | method | routing | realized | estimated | high-loss weight |")
-        print("|---|---|---|---|---|---|---|")
+        print("| data set | noise | method | routing | realized | estimated | fit | high-loss weight |")
+        print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         if args.markdown:
             print(f"| {r['dataset']} | {r['noise']} | {r['method']} | {r['routing']} | {r['realized']:.3f} | "
-                  f"{r['estimated']:.3f} | {r['weight']:.3f} |")
+                  f"{r['estimated']:.3f} | {r['fit']:.3f} | {r['weight']:.3f} |")
         else:
             print(f"{r['run']:<70} realized {r['realized']:.3f}  estimated {r['estimated']:.3f}"
-                  f"  weight {r['weight']:.3f}")
+                  f"  fit {r['fit']:.3f}  weight {r['weight']:.3f}")
     print()
     for name, group in groups.items():
         mae = sum(abs(r["estimated"] - r["realized"]) for r in group) / len(group)
+        mae_fit = sum(abs(r["fit"] - r["realized"]) for r in group) / len(group)
         mae_weight = sum(abs(r["weight"] - r["realized"]) for r in group) / len(group)
+        zeros = sum(r["estimated"] == 0 for r in group)
         extra = ""
         for key, label in (("cl", "confident learning on train"), ("cl_dev", "on dev")):
             have = [r for r in group if r[key] is not None]
             if have:
                 extra += f"; {label}: {sum(abs(r[key] - r['realized']) for r in have) / len(have):.3f} ({len(have)})"
-        print(f"{name:<22} {len(group):>3} runs  MAE estimated {mae:.3f}  (high-loss weight: {mae_weight:.3f}{extra})")
+        print(f"{name:<26} {len(group):>3} runs  MAE estimated {mae:.3f} ({zeros} read 0)  (fit: {mae_fit:.3f}; "
+              f"high-loss weight: {mae_weight:.3f}{extra})")
 
 
 if __name__ == "__main__":

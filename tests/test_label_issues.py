@@ -43,3 +43,12 @@ def test_confident_joint_noise_rate_by_hand():
     assert confident_joint_noise_rate(probs, np.array([0, 0, 1, 1])) == pytest.approx(0.25)
     assert confident_joint_noise_rate(np.eye(3)[[0, 1, 2, 0]], np.array([0, 1, 2, 0])) == 0.0
     assert confident_joint_noise_rate(np.eye(2)[[1, 1, 0, 0]], np.array([0, 0, 1, 1])) == 1.0
+
+
+def test_noise_rate_estimate_stands_on_the_count_where_the_fit_shows_no_mode():
+    from clearpeft.label_issues import noise_rate_estimate
+
+    assert noise_rate_estimate(0.31, 0.45) == (0.31, "loss fit")  # a mode of wrong labels: the fit's weight
+    assert noise_rate_estimate(0.0, 0.45) == (0.45, "confident learning")  # no mode: not 0, the count
+    assert noise_rate_estimate(None, 0.2) == (0.2, "confident learning")  # no fit (no per-sample pass)
+    assert noise_rate_estimate(0.0, None) == (0.0, None) and noise_rate_estimate(None, None) == (None, None)

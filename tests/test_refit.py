@@ -118,6 +118,9 @@ def test_refit_drop_trains_a_second_stage_on_the_unflagged_samples(tmp_path):
     for key in ("delivered_acc", "peak_acc", "avg_acc", "last_acc", "kept_epoch", "epochs"):
         assert summary[key] == chosen[key]
         assert summary["second_stage"][key] == second_summary[key]
+    # the noise estimate is the first stage's (it read every label as given)
+    for key in ("estimated_noise_rate", "noise_rate_source", "fit_noise_rate", "cl_noise_rate"):
+        assert summary[key] == first[key]
     # the kept labels are cleaner than all the labels
     assert summary["kept_noise_rate"] < summary["realized_noise_rate"]
     # every class survives, and the delivered weights are the chosen stage's

@@ -158,7 +158,8 @@ def cmd_train(args) -> int:
         return 0
     print()
     print(f"{'run':<22} {cfg.out}")
-    for key in ("method", "routing", "noise", "realized_noise_rate", "estimated_noise_rate", "epochs", "keep",
+    for key in ("method", "routing", "noise", "realized_noise_rate", "estimated_noise_rate", "noise_rate_source",
+                "epochs", "keep",
                 "kept_epoch", "delivered_acc", "peak_acc", "avg_acc", "last_acc", "peak_acc_routed", "avg_acc_routed",
                 "trainable_params", "train_seconds"):
         value = summary[key]

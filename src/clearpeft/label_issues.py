@@ -41,6 +41,20 @@ def label_issue_flags(p: np.ndarray, probs: np.ndarray, given: np.ndarray) -> np
     return (np.asarray(p) < 0.5) | confident_flags(probs, given)
 
 
+def noise_rate_estimate(fit_rate: float | None, cl_rate: float | None) -> tuple[float | None, str | None]:
+    """(estimate, source) of how many training labels are wrong: the loss fit's high-loss weight where the fit
+    shows a mode of wrong labels (``fit_rate`` > 0), otherwise confident learning's in-sample count
+    (``cl_rate``, :func:`confident_joint_noise_rate`). The fit reads 0 whenever the wrong labels form no mode of
+    their own (asymmetric noise, SST-5's hard and wrong labels), however many there are; the count does not,
+    but it takes a weak model's own errors for wrong labels, so on a task the model learns poorly it reads
+    high even on clean labels (benchmarks/noise_rate.py, docs/refit.md)."""
+    if fit_rate is not None and fit_rate > 0:
+        return fit_rate, "loss fit"
+    if cl_rate is not None:
+        return cl_rate, "confident learning"
+    return fit_rate, None
+
+
 def confident_joint_noise_rate(probs: np.ndarray, given: np.ndarray) -> float:
     """The share of samples whose confident label is not the given one, after calibrating the confident joint
     (cleanlab's ``estimate_joint``): each given label's row of counts C[given, confident] is scaled to the

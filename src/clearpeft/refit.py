@@ -141,7 +141,7 @@ def second_stage(cfg, data, first: dict, predicted_prob: np.ndarray, is_main: bo
     result = {**(summary if stage == "second" else first), "routing": cfg.routing, "noise": cfg.noise,
               "dataset": cfg.dataset,
               "realized_noise_rate": first["realized_noise_rate"], "dev_labels": first["dev_labels"],
-              "estimated_noise_rate": first["estimated_noise_rate"],
+              **{k: first.get(k) for k in NOISE_RATE_FIELDS},
               "refit": cfg.refit, "refit_routing": cfg.refit_routing, "refit_epochs": epochs,
               "handed_over": stage, "handover_margin": margin,
               "kept_samples": int(len(kept)),
@@ -173,6 +173,9 @@ def second_stage(cfg, data, first: dict, predicted_prob: np.ndarray, is_main: bo
 # What summary.json keeps of the second stage under second_stage (the first stage's summary is kept whole).
 STAGE_FIELDS = ("delivered_acc", "peak_acc", "avg_acc", "last_acc", "kept_epoch", "epochs", "dev_peak_acc",
                 "dev_last_acc", "train_seconds")
+# The noise estimate is the first stage's: it read the labels as given; the second stage sees only those kept.
+NOISE_RATE_FIELDS = ("estimated_noise_rate", "noise_rate_source", "fit_noise_rate", "cl_noise_rate",
+                     "cl_noise_rate_dev")
 
 
 def _dev_acc(summary: dict, keep: str) -> float | None:

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from . import clear, runs
 from .config import COMPILE_BREAK_EVEN_BATCHES, TrainConfig, config_defaults
 from .errors import RunStopped, UserError, WriteError
-from .label_issues import confident_joint_noise_rate, label_issue_flags
+from .label_issues import confident_joint_noise_rate, label_issue_flags, noise_rate_estimate
 from .metrics import accuracy, detection_quality, summarize_curve, training_dynamics
 from .routing import CleanProbability, gates_from_draws
 
@@ -552,7 +552,11 @@ def finish(s: Session, history: list[dict], train_seconds: float) -> dict:
                                       s.accelerator)
         dev_probs = torch.softmax(torch.from_numpy(dev_logits).double(), -1).numpy()
         noise_rates["cl_noise_rate_dev"] = confident_joint_noise_rate(dev_probs, data.dev.labels)
-    summary = {**summarize(cfg, data, history, s.core, train_seconds), **noise_rates, "compiled": s.compiled,
+    summary = summarize(cfg, data, history, s.core, train_seconds)
+    fit_rate = summary.pop("estimated_noise_rate")
+    estimate, source = noise_rate_estimate(fit_rate, noise_rates["cl_noise_rate"])
+    summary = {**summary, "estimated_noise_rate": estimate, "noise_rate_source": source,
+               "fit_noise_rate": fit_rate, **noise_rates, "compiled": s.compiled,
                "keep": "best-dev" if keeps_best(cfg, data) else "last", "kept_epoch": kept,
                "delivered_acc": history[kept]["test_acc"],
                "dev_labels": None if data.dev is None else ("noisy" if data.dev_noisy is not None else "clean")}

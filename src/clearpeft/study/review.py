@@ -163,7 +163,8 @@ def header_html(run, summary: dict, samples: int, flagged: int) -> str:
     items = "".join(f"<div><dt>{esc(k)}</dt><dd>{esc(v)}</dd></div>" for k, v in facts)
     return (f'<header><h1>Label review: {esc(dataset)}, {esc(method)}</h1>'
             f'<p class="run">{esc(str(run.folder))}</p><dl class="facts">{items}</dl>'
-            f'<p class="trust"><b>Noise estimate.</b> {esc(noise_estimate_statement(estimated))}</p>'
+            f'<p class="trust"><b>Noise estimate.</b> '
+            f'{esc(noise_estimate_statement(estimated, summary.get("noise_rate_source")))}</p>'
             f'<p class="trust"><b>Flags.</b> A sample is flagged when its clean probability p is below 0.5 or '
             f'confident learning finds another label; the table is ranked by score, the final model\'s '
             f'probability of the given label (lowest first). The flag errs towards flagging more than are wrong '
