@@ -1,0 +1,81 @@
+"""How well the label-issue reports of a pilot cell find the wrong labels, against cleanlab's recipe.
+
+    pip install -e ".[compare]"                                     # cleanlab: only for the benchmarks
+    python benchmarks/report_flags.py results/refit-pilot/sst5/instance-0.4
+
+For every finished seed folder of the cell (its plain, clear and refit runs; a refit run's report is its first
+stage's), the ranking by label_score (AUPRC, AUROC; wrong = positive), the report's flag (is_label_issue) and
+its p < 0.5 part alone; then cleanlab's find_label_issues on 5-fold cross-validated logistic regression over
+the frozen backbone's embeddings (benchmarks/label_issues.py), on the same noisy labels. Ground truth: each
+run's noisy_labels.csv (label != noisy_label).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+
+def read_csv(path: Path) -> list[dict]:
+    with open(path, encoding="utf-8", newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def precision_recall(flag: np.ndarray, wrong: np.ndarray) -> tuple[float, float, int]:
+    hits = int((flag & wrong).sum())
+    return hits / max(int(flag.sum()), 1), hits / max(int(wrong.sum()), 1), int(flag.sum())
+
+
+def line(name: str, wrong: np.ndarray, score: np.ndarray, flag: np.ndarray) -> str:
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
+    precision, recall, flagged = precision_recall(flag, wrong)
+    return (f"{name:<28} AUPRC {average_precision_score(wrong, -score):.3f}  AUROC {roc_auc_score(wrong, -score):.3f}"
+            f"  flagged {flagged:>5}  precision {precision:.2f}  recall {recall:.2f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("cell", type=Path, help="a noise folder of experiments/refit.py, e.g. .../sst5/instance-0.4")
+    args = parser.parse_args()
+    for seed_folder in sorted(p for p in args.cell.iterdir() if p.is_dir()):
+        noisy_rows = None
+        for recipe in ("plain", "clear", "refit"):
+            folder = seed_folder / recipe
+            if not (folder / "summary.json").exists():
+                continue
+            noisy_rows = read_csv(folder / "noisy_labels.csv")
+            wrong = np.array([r["label"] != r["noisy_label"] for r in noisy_rows])
+            report = read_csv(folder / "clean_probs.csv")
+            index = np.array([int(r["index"]) for r in report])
+            score = np.array([float(r["label_score"]) for r in report])
+            flag = np.array([r["is_label_issue"] == "True" for r in report])
+            low_p = np.array([float(r["clean_prob"]) < 0.5 for r in report])
+            name = f"{seed_folder.name} {recipe}"
+            print(line(name, wrong[index], score, flag), f"| p < 0.5 alone: flagged {low_p.sum()}, precision "
+                  f"{precision_recall(low_p, wrong[index])[0]:.2f}, recall {precision_recall(low_p, wrong[index])[1]:.2f}"
+                  f" | {wrong.sum()} wrong")
+            config = json.loads((folder / "config.json").read_text())
+        if noisy_rows is None:
+            continue
+        from cleanlab.filter import find_label_issues
+        from label_issues import cross_validated_probs
+
+        from clearpeft.backbone import embed_texts
+
+        noisy = np.array([int(r["noisy_label"]) for r in noisy_rows])
+        probs = cross_validated_probs(embed_texts([r["text"] for r in noisy_rows]), noisy,
+                                      len(config["label_names"]), folds=5, seed=config["seed"])
+        print(line(f"{seed_folder.name} cleanlab-cv", wrong, probs[np.arange(len(noisy)), noisy],
+                   find_label_issues(noisy, probs)))
+
+
+if __name__ == "__main__":
+    main()
