@@ -159,9 +159,8 @@ def cmd_train(args) -> int:
     print()
     print(f"{'run':<22} {cfg.out}")
     for key in ("method", "routing", "noise", "realized_noise_rate", "estimated_noise_rate", "noise_rate_source",
-                "epochs", "keep",
-                "kept_epoch", "delivered_acc", "peak_acc", "avg_acc", "last_acc", "peak_acc_routed", "avg_acc_routed",
-                "trainable_params", "train_seconds"):
+                "epochs", "keep", "kept_epoch", "delivered_acc", "peak_acc", "avg_acc", "last_acc", "peak_acc_routed",
+                "avg_acc_routed", "trainable_params", "train_seconds"):
         value = summary[key]
         print(f"{key:<22} {value:.4f}" if isinstance(value, float) else f"{key:<22} {value}")
     for key in ("refit", "handed_over", "kept_samples") if summary.get("refit", "none") != "none" else ():
