@@ -28,23 +28,17 @@ def read_csv(path: Path) -> list[dict]:
         return list(csv.DictReader(handle))
 
 
-def precision_recall(flag: np.ndarray, wrong: np.ndarray) -> tuple[float, float, int]:
-    hits = int((flag & wrong).sum())
-    return hits / max(int(flag.sum()), 1), hits / max(int(wrong.sum()), 1), int(flag.sum())
-
-
-def line(name: str, wrong: np.ndarray, score: np.ndarray, flag: np.ndarray) -> str:
-    from sklearn.metrics import average_precision_score, roc_auc_score
-
-    precision, recall, flagged = precision_recall(flag, wrong)
-    return (f"{name:<28} AUPRC {average_precision_score(wrong, -score):.3f}  AUROC {roc_auc_score(wrong, -score):.3f}"
-            f"  flagged {flagged:>5}  precision {precision:.2f}  recall {recall:.2f}")
+def line(name: str, metrics: dict) -> str:
+    return (f"{name:<28} AUPRC {metrics['auprc']:.3f}  AUROC {metrics['auroc']:.3f}  flagged {metrics['flagged']:>5}"
+            f"  precision {metrics['precision']:.2f}  recall {metrics['recall']:.2f}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("cell", type=Path, help="a noise folder of experiments/refit.py, e.g. .../sst5/instance-0.4")
     args = parser.parse_args()
+    from label_issues import cleanlab_rows, cross_validated_probs, detection_metrics
+
     for seed_folder in sorted(p for p in args.cell.iterdir() if p.is_dir()):
         noisy_rows = None
         for recipe in ("plain", "clear", "refit"):
@@ -52,29 +46,27 @@ def main() -> None:
             if not (folder / "summary.json").exists():
                 continue
             noisy_rows = read_csv(folder / "noisy_labels.csv")
-            wrong = np.array([r["label"] != r["noisy_label"] for r in noisy_rows])
-            report = read_csv(folder / "clean_probs.csv")
-            index = np.array([int(r["index"]) for r in report])
-            score = np.array([float(r["label_score"]) for r in report])
-            flag = np.array([r["is_label_issue"] == "True" for r in report])
-            low_p = np.array([float(r["clean_prob"]) < 0.5 for r in report])
-            name = f"{seed_folder.name} {recipe}"
-            print(line(name, wrong[index], score, flag), f"| p < 0.5 alone: flagged {low_p.sum()}, precision "
-                  f"{precision_recall(low_p, wrong[index])[0]:.2f}, recall {precision_recall(low_p, wrong[index])[1]:.2f}"
-                  f" | {wrong.sum()} wrong")
             config = json.loads((folder / "config.json").read_text())
+            report = read_csv(folder / "clean_probs.csv")
+            wrong = np.array([noisy_rows[int(r["index"])]["label"] != noisy_rows[int(r["index"])]["noisy_label"]
+                              for r in report])
+            suspicion = -np.array([float(r["label_score"]) for r in report])
+            flag = np.array([r["is_label_issue"] == "True" for r in report])
+            low_p = detection_metrics(None, np.array([float(r["clean_prob"]) < 0.5 for r in report]), wrong)
+            print(line(f"{seed_folder.name} {recipe}", detection_metrics(suspicion, flag, wrong)),
+                  f"| p < 0.5 alone: flagged {low_p['flagged']}, precision {low_p['precision']:.2f}, recall "
+                  f"{low_p['recall']:.2f} | {low_p['corrupted']} wrong")
         if noisy_rows is None:
             continue
-        from cleanlab.filter import find_label_issues
-        from label_issues import cross_validated_probs
-
         from clearpeft.backbone import embed_texts
 
         noisy = np.array([int(r["noisy_label"]) for r in noisy_rows])
+        wrong = np.array([r["label"] != r["noisy_label"] for r in noisy_rows])
         probs = cross_validated_probs(embed_texts([r["text"] for r in noisy_rows]), noisy,
                                       len(config["label_names"]), folds=5, seed=config["seed"])
-        print(line(f"{seed_folder.name} cleanlab-cv", wrong, probs[np.arange(len(noisy)), noisy],
-                   find_label_issues(noisy, probs)))
+        for name, metrics in cleanlab_rows(probs, noisy, wrong, f"{seed_folder.name} cleanlab-cv",
+                                           methods=("self_confidence",)).items():
+            print(line(name, metrics))
 
 
 if __name__ == "__main__":
