@@ -553,10 +553,9 @@ def finish(s: Session, history: list[dict], train_seconds: float) -> dict:
         dev_probs = torch.softmax(torch.from_numpy(dev_logits).double(), -1).numpy()
         noise_rates["cl_noise_rate_dev"] = confident_joint_noise_rate(dev_probs, data.dev.labels)
     summary = summarize(cfg, data, history, s.core, train_seconds)
-    fit_rate = summary.pop("estimated_noise_rate")
-    estimate, source = noise_rate_estimate(fit_rate, noise_rates["cl_noise_rate"])
-    summary = {**summary, "estimated_noise_rate": estimate, "noise_rate_source": source,
-               "fit_noise_rate": fit_rate, **noise_rates, "compiled": s.compiled,
+    estimate, source = noise_rate_estimate(summary["fit_noise_rate"], noise_rates["cl_noise_rate"])
+    summary = {**summary, "estimated_noise_rate": estimate, "noise_rate_source": source, **noise_rates,
+               "compiled": s.compiled,
                "keep": "best-dev" if keeps_best(cfg, data) else "last", "kept_epoch": kept,
                "delivered_acc": history[kept]["test_acc"],
                "dev_labels": None if data.dev is None else ("noisy" if data.dev_noisy is not None else "clean")}
@@ -628,9 +627,9 @@ def summarize(cfg: TrainConfig, data: Prepared, history: list[dict], core, train
         "method": cfg.peft, "routing": cfg.routing, "noise": cfg.noise, "seed": cfg.seed,
         "dataset": cfg.dataset, "model": cfg.model, "reg_weight": cfg.reg_weight, "gamma": cfg.gamma,
         "epochs": len(history), "realized_noise_rate": data.noisy.realized_rate,
-        # of the last epoch whose pass was made (the last fit of the clean probability)
-        "estimated_noise_rate": next((m.get("estimated_noise_rate") for m in reversed(history)
-                                      if m.get("estimated_noise_rate") is not None), None),
+        # the fit's estimate of the last epoch whose pass was made (the last fit of the clean probability)
+        "fit_noise_rate": next((m.get("estimated_noise_rate") for m in reversed(history)
+                                if m.get("estimated_noise_rate") is not None), None),
         "trainable_params": core.num_trainable(), "train_seconds": train_seconds,
     })
     return summary
