@@ -3,7 +3,8 @@ with fit statistics in its metrics.jsonl.
 
     python benchmarks/noise_rate.py results/cpu-clean-auto results/converged-gpu runs/label_issues
 
-The estimate of a run is that of its last fit (as summary.json and a grid's results.csv report it). Runs made
+A run's estimate is summary.json's: the larger of its last fit's reading and its confusion floor
+(label_issues.noise_rate_estimate); runs that predate the floor have the fit's alone. Runs made
 before the estimate became "the high-loss weight where the fit shows a mode of wrong labels, else 0" logged
 the weight as estimated_noise_rate, with the separation D and the component's mean loss beside it: the
 current estimate is derived from those logged numbers by the same rule (routing.py), so every run counts.
@@ -53,18 +54,22 @@ def main() -> None:
             est, weight = estimate(fit, len(config["label_names"]))
             summary = json.loads(summary_path.read_text())
             summary = summary.get("first_stage", summary)  # a --refit run: the first stage read the noise
-            run_estimate = noise_rate_estimate(est, summary.get("cl_noise_rate"))[0]
+            run_estimate = noise_rate_estimate(est, summary.get("floor_noise_rate"))[0]
             rows.append({"run": str(folder), "dataset": config["dataset"], "noise": config["noise"],
                          "method": config["peft"], "routing": config["routing"],
                          "realized": summary["realized_noise_rate"], "fit": est, "estimated": run_estimate,
                          "weight": weight,
-                         # confident learning's count (runs made since it is recorded): in-sample and on dev
+                         # runs made since they are recorded: the confusion floor, and confident learning's count
+                         # in-sample and on dev
+                         "floor": summary.get("floor_noise_rate"),
                          "cl": summary.get("cl_noise_rate"), "cl_dev": summary.get("cl_noise_rate_dev")})
     if not rows:
         raise SystemExit("no finished runs with fit statistics under " + ", ".join(map(str, args.roots)))
-    groups = defaultdict(list)
+    groups = defaultdict(list, {"all": [], "recording the floor": []})
     for r in rows:
         groups["all"].append(r)
+        if r["floor"] is not None:
+            groups["recording the floor"].append(r)
         groups[f"{r['dataset']} {r['noise']}"].append(r)
     if args.markdown:
         print("| data set | noise | method | routing | realized | estimated | fit | high-loss weight |")
@@ -78,12 +83,14 @@ def main() -> None:
                   f"  fit {r['fit']:.3f}  weight {r['weight']:.3f}")
     print()
     for name, group in groups.items():
+        if not group:
+            continue
         mae = sum(abs(r["estimated"] - r["realized"]) for r in group) / len(group)
         mae_fit = sum(abs(r["fit"] - r["realized"]) for r in group) / len(group)
         mae_weight = sum(abs(r["weight"] - r["realized"]) for r in group) / len(group)
         zeros = sum(r["estimated"] == 0 for r in group)
         extra = ""
-        for key, label in (("cl", "confident learning on train"), ("cl_dev", "on dev")):
+        for key, label in (("floor", "confusion floor"), ("cl", "confident learning on train"), ("cl_dev", "on dev")):
             have = [r for r in group if r[key] is not None]
             if have:
                 extra += f"; {label}: {sum(abs(r[key] - r['realized']) for r in have) / len(have):.3f} ({len(have)})"

@@ -45,10 +45,30 @@ def test_confident_joint_noise_rate_by_hand():
     assert confident_joint_noise_rate(np.eye(2)[[1, 1, 0, 0]], np.array([0, 0, 1, 1])) == 1.0
 
 
-def test_noise_rate_estimate_stands_on_the_count_where_the_fit_shows_no_mode():
+def test_confusion_floor_noise_rate_by_hand():
+    from clearpeft.label_issues import confusion_floor_noise_rate
+
+    # predicted 0: given 0 x6, 1 x2, 2 x1, 3 x1 -> off-diagonal cells [2, 1, 1]; predicted 1: all given 1.
+    # Dropping the 2 largest leaves [1]: 1 x (K - 1 = 3) = 3 wrong of 20 samples. Dropping none: the mean
+    # cell 4/3 x 3 = 4 of 20, the disagreement rate.
+    given = np.array([0] * 6 + [1, 1, 2, 3] + [1] * 10)
+    probs = np.eye(4)[[0] * 10 + [1] * 10]
+    assert confusion_floor_noise_rate(probs, given) == pytest.approx(0.15)
+    assert confusion_floor_noise_rate(probs, given, confusable=0) == pytest.approx(0.2)
+    # noise spread evenly over the other classes reads in full: each row has every other class once
+    even = np.array([[i, j] for i in range(5) for j in range(5)])
+    assert confusion_floor_noise_rate(np.eye(5)[even[:, 0]], even[:, 1]) == pytest.approx(0.8)
+    # two classes: no floor to read, the disagreement rate; a model that agrees reads 0
+    assert confusion_floor_noise_rate(np.eye(2)[[1, 1, 0, 0]], np.array([0, 1, 1, 1])) == pytest.approx(0.75)
+    assert confusion_floor_noise_rate(np.eye(3)[[0, 1, 2]], np.array([0, 1, 2])) == 0.0
+
+
+def test_noise_rate_estimate_takes_the_larger_of_fit_and_floor():
     from clearpeft.label_issues import noise_rate_estimate
 
-    assert noise_rate_estimate(0.31, 0.45) == (0.31, "loss fit")  # a mode of wrong labels: the fit's weight
-    assert noise_rate_estimate(0.0, 0.45) == (0.45, "confident learning")  # no mode: not 0, the count
-    assert noise_rate_estimate(None, 0.2) == (0.2, "confident learning")  # no fit (no per-sample pass)
-    assert noise_rate_estimate(0.0, None) == (0.0, None) and noise_rate_estimate(None, None) == (None, None)
+    assert noise_rate_estimate(0.31, 0.25) == (0.31, "loss fit")  # a mode of wrong labels above the floor
+    assert noise_rate_estimate(0.0, 0.45) == (0.45, "confusion floor")  # no mode: not 0, the floor
+    assert noise_rate_estimate(0.2, 0.45) == (0.45, "confusion floor")
+    assert noise_rate_estimate(None, 0.2) == (0.2, "confusion floor")  # no fit (no per-sample pass)
+    assert noise_rate_estimate(0.3, None) == (0.3, "loss fit")  # a run that predates the floor
+    assert noise_rate_estimate(None, None) == (None, None)

@@ -9,7 +9,7 @@ import yaml
 
 import clearpeft
 from clearpeft.backbone import resolve_model
-from clearpeft.modelcard import DEFAULT_BASE_MODEL, model_card
+from clearpeft.modelcard import DEFAULT_BASE_MODEL, model_card, noise_estimate_statement
 
 METHODS = ("lora", "prompt", "adapter", "bitfit", "full")
 TEXTS = ["a great movie", "the worst film of the year", "it is a film"]
@@ -95,3 +95,16 @@ def test_card_without_test_split_or_estimate():
     meta = front_matter(card)
     assert meta["base_model"] == "/models/mine" and "model-index" not in meta and "datasets" not in meta
     assert "No test split" in card and "No estimate" in card and "| 0 | a/b |" in card
+
+
+def test_noise_statement_follows_the_estimates_source():
+    config = {"label_names": ["a", "b", "c"], "max_length": 32, "model": "/models/mine"}
+    summary = {"method": "lora", "dataset": "in-memory:abc", "routing": "clean-auto", "noise": "symmetric:0.4",
+               "realized_noise_rate": 0.41, "peak_acc": None, "avg_acc": None, "last_acc": None, "epochs": 3,
+               "seed": 0, "trainable_params": 1000, "estimated_noise_rate": 0.384, "noise_rate_source": "confusion floor"}
+    card = model_card(config, summary)
+    assert "estimated noise rate: 0.384. The confusion floor read more than the loss fit" in card
+    said = {source: noise_estimate_statement(0.3, source) for source in ("loss fit", "confusion floor",
+                                                                         "confident learning")}
+    assert len(set(said.values())) == 3 and "lower bound" in said["confusion floor"]
+    assert noise_estimate_statement(0.0, "loss fit").startswith("0 means the loss fit found no mode")

@@ -119,7 +119,7 @@ def test_refit_drop_trains_a_second_stage_on_the_unflagged_samples(tmp_path):
         assert summary[key] == chosen[key]
         assert summary["second_stage"][key] == second_summary[key]
     # the noise estimate is the first stage's (it read every label as given)
-    for key in ("estimated_noise_rate", "noise_rate_source", "fit_noise_rate", "cl_noise_rate"):
+    for key in ("estimated_noise_rate", "noise_rate_source", "fit_noise_rate", "floor_noise_rate", "cl_noise_rate"):
         assert summary[key] == first[key]
     # the kept labels are cleaner than all the labels
     assert summary["kept_noise_rate"] < summary["realized_noise_rate"]

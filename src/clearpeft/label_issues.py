@@ -41,18 +41,20 @@ def label_issue_flags(p: np.ndarray, probs: np.ndarray, given: np.ndarray) -> np
     return (np.asarray(p) < 0.5) | confident_flags(probs, given)
 
 
-def noise_rate_estimate(fit_rate: float | None, cl_rate: float | None) -> tuple[float | None, str | None]:
-    """(estimate, source) of how many training labels are wrong: the loss fit's high-loss weight where the fit
-    shows a mode of wrong labels (``fit_rate`` > 0), otherwise confident learning's in-sample count
-    (``cl_rate``, :func:`confident_joint_noise_rate`). The fit reads 0 whenever the wrong labels form no mode of
-    their own (asymmetric noise, SST-5's hard and wrong labels), however many there are; the count does not,
-    but it takes a weak model's own errors for wrong labels, so on a task the model learns poorly it reads
-    high even on clean labels (benchmarks/noise_rate.py, docs/refit.md)."""
-    if fit_rate is not None and fit_rate > 0:
+def noise_rate_estimate(fit_rate: float | None, floor_rate: float | None) -> tuple[float | None, str | None]:
+    """(estimate, source) of how many training labels are wrong: the larger of the loss fit's high-loss weight
+    (``fit_rate``, > 0 only where the fit shows a mode of wrong labels) and the confusion floor
+    (``floor_rate``, :func:`confusion_floor_noise_rate`). Both read low, in different places: the fit reads 0
+    whenever the wrong labels form no mode of their own (asymmetric noise, SST-5's hard and wrong labels), the
+    floor misses wrong labels that pile up on one class. Confident learning's count
+    (:func:`confident_joint_noise_rate`) is no alternative: it takes a weak model's own errors for wrong labels
+    and reads high even on clean labels where the model learns the task poorly (benchmarks/noise_rate.py,
+    docs/refit.md)."""
+    if floor_rate is None:
+        return fit_rate, (None if fit_rate is None else "loss fit")
+    if fit_rate is not None and fit_rate >= floor_rate:
         return fit_rate, "loss fit"
-    if cl_rate is not None:
-        return cl_rate, "confident learning"
-    return fit_rate, None
+    return floor_rate, "confusion floor"
 
 
 def confident_joint_noise_rate(probs: np.ndarray, given: np.ndarray) -> float:
@@ -73,3 +75,26 @@ def confident_joint_noise_rate(probs: np.ndarray, given: np.ndarray) -> float:
     rows = joint.sum(1)
     joint *= np.divide(counts, rows, out=np.zeros_like(counts), where=rows > 0)[:, None]
     return float(1.0 - np.trace(joint) / len(given))
+
+
+FLOOR_CONFUSABLE = 2  # classes a model is taken to mix each predicted class up with
+
+
+def confusion_floor_noise_rate(probs: np.ndarray, given: np.ndarray, confusable: int = FLOOR_CONFUSABLE) -> float:
+    """The share of wrong labels that spread over the other classes, read off the floor of the confusion
+    between predicted and given labels. Within the samples predicted as class i, a wrong label that may be any
+    other class adds the same share to every off-diagonal cell, while the model's own errors pile up on the
+    few classes it confuses with i. So the cells left after dropping the ``confusable`` largest are the floor:
+    their mean share times K - 1 estimates the rate, and the rows are averaged by their sizes. Unlike a count
+    of disagreements it does not take a weak model's errors between neighbouring classes (SST-5's "negative"
+    and "very negative") for wrong labels; it misses noise that piles up on one class (asymmetric, pair
+    noise), which confident learning's count sees. With K <= ``confusable`` + 2 it keeps one cell per row;
+    with two classes it is the disagreement rate."""
+    probs, given = np.asarray(probs, dtype=np.float64), np.asarray(given, dtype=np.int64)
+    k = probs.shape[1]
+    if len(given) == 0 or k < 2:
+        return 0.0
+    keep = k - 1 - min(confusable, k - 2)
+    confusion = np.bincount(probs.argmax(1) * k + given, minlength=k * k).reshape(k, k).astype(np.float64)
+    off = np.sort(confusion[~np.eye(k, dtype=bool)].reshape(k, k - 1), axis=1)  # row i: cells (i, j != i)
+    return float((off[:, :keep].mean(1) * (k - 1)).sum() / len(given))

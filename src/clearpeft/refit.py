@@ -174,8 +174,8 @@ def second_stage(cfg, data, first: dict, predicted_prob: np.ndarray, is_main: bo
 STAGE_FIELDS = ("delivered_acc", "peak_acc", "avg_acc", "last_acc", "kept_epoch", "epochs", "dev_peak_acc",
                 "dev_last_acc", "train_seconds")
 # The noise estimate is the first stage's: it read the labels as given; the second stage sees only those kept.
-NOISE_RATE_FIELDS = ("estimated_noise_rate", "noise_rate_source", "fit_noise_rate", "cl_noise_rate",
-                     "cl_noise_rate_dev")
+NOISE_RATE_FIELDS = ("estimated_noise_rate", "noise_rate_source", "fit_noise_rate", "floor_noise_rate",
+                     "cl_noise_rate", "cl_noise_rate_dev")
 
 
 def _dev_acc(summary: dict, keep: str) -> float | None:
