@@ -42,6 +42,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("roots", nargs="+", type=Path)
     parser.add_argument("--markdown", action="store_true")
+    parser.add_argument("--recording-floor", action="store_true",
+                        help="the per-setting lines over the runs that record the confusion floor only")
     args = parser.parse_args()
     rows = []
     for root in args.roots:
@@ -70,7 +72,8 @@ def main() -> None:
         groups["all"].append(r)
         if r["floor"] is not None:
             groups["recording the floor"].append(r)
-        groups[f"{r['dataset']} {r['noise']}"].append(r)
+        if r["floor"] is not None or not args.recording_floor:
+            groups[f"{r['dataset']} {r['noise']}"].append(r)
     if args.markdown:
         print("| data set | noise | method | routing | realized | estimated | fit | high-loss weight |")
         print("|---|---|---|---|---|---|---|---|")

@@ -12,6 +12,9 @@ as were wrong; the per-class thresholds of confident learning follow each class'
 runs of benchmarks/label_issues.py the union had mean F1 0.638, p < 0.5 alone 0.572, confident learning alone
 0.609, "predicted label differs" 0.633. Written here (a dozen lines) rather than taken from cleanlab, which
 stays an optional extra for the benchmark.
+
+The run's estimate of how many labels are wrong lives here too (noise_rate_estimate): the larger of the loss
+fit's reading and the confusion floor of the same final model's predictions (docs/refit.md).
 """
 
 from __future__ import annotations
