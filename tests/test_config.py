@@ -18,6 +18,7 @@ BAD = {
     "noise: symmetric:1.5": ("noise", "symmetric:1.5", "outside [0, 1]"),
     "peft: lorra": ("peft", "lorra", "--peft must be lora, prompt, adapter, bitfit or full, got 'lorra'"),
     "batch_size: 0": ("batch_size", 0, "--batch-size must be at least 1, got 0"),
+    "refit_flag: both": ("refit_flag", "both", "--refit-flag must be clean-prob or report, got 'both'"),
 }
 # A data set that does not exist: a bad option must be refused before the data would be read.
 MISSING_DATA = "/nonexistent/data.csv"
@@ -38,6 +39,13 @@ def test_train_config_file_refuses_in_one_line(tmp_path, capsys, case):
     assert code == 2 and len(err) == 1, err
     assert err[0].startswith(f"clearpeft: error: config {config}: ") and fragment in err[0], err
     assert not (tmp_path / "run").exists()
+
+
+def test_a_run_folder_name_the_os_cannot_take_is_refused_in_one_line(tmp_path, capsys):
+    out = tmp_path / ("r" * 256)  # one byte over NAME_MAX
+    code, _, err = run_cli(capsys, ["train", "--dataset", MISSING_DATA, "--out", str(out)])
+    assert code == 2 and len(err) == 1 and "a name longer than 255 bytes" in err[0], err
+    assert TrainConfig(out=str(tmp_path / ("r" * 255))).out.endswith("r" * 255)
 
 
 @pytest.mark.parametrize("case", BAD)

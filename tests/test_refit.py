@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from clearpeft.noise import NoiseSpec, apply_noise
-from clearpeft.refit import class_floor, handed_over, trusted_labels
+from clearpeft.refit import class_floor, handed_over, read_report, trusted_labels
 
 
 def test_drop_leaves_out_the_flagged_samples():
@@ -94,18 +94,21 @@ def test_refit_drop_trains_a_second_stage_on_the_unflagged_samples(tmp_path):
     run = tmp_path / "run"
     with open(run / "clean_probs.csv", newline="") as handle:
         report = list(csv.DictReader(handle))  # the first stage's report stays the run's
-    flagged = {int(r["index"]) for r in report if r["is_label_issue"] == "True"}
-    assert 0 < len(flagged) < 160
+    # the default flag is p < 0.5 alone, not the report's union flag (which flags at least as many)
+    flagged = {int(r["index"]) for r in report if float(r["clean_prob"]) < 0.5}
+    assert 0 < len(flagged) <= sum(r["is_label_issue"] == "True" for r in report) < 160
     with open(run / "refit" / "noisy_labels.csv", newline="") as handle:
         second = list(csv.DictReader(handle))
     assert len(second) == summary["kept_samples"] >= 160 - len(flagged)  # the floor may add back a few
     first_texts = {r["index"]: r["text"] for r in csv.DictReader(open(run / "noisy_labels.csv", newline=""))}
     kept_texts = {r["text"] for r in second}
     assert kept_texts <= set(first_texts.values())
+    assert {first_texts[str(i)] for i in range(160) if i not in flagged} <= kept_texts
     assert summary["kept_fraction"] == pytest.approx(len(second) / 160)
     first = json.loads((run / "first_stage_summary.json").read_text())
     assert summary["first_stage"] == first and first["routing"] == "clean" and "refit" not in first
     assert summary["refit"] == "drop" and summary["routing"] == "clean" and summary["refit_routing"] == "none"
+    assert summary["refit_flag"] == "clean-prob"
     second_summary = json.loads((run / "refit" / "summary.json").read_text())
     assert summary["refit_epochs"] == second_summary["epochs"] == round(2 * 160 / len(second))  # the same steps
     assert summary == json.loads((run / "summary.json").read_text())
@@ -121,8 +124,14 @@ def test_refit_drop_trains_a_second_stage_on_the_unflagged_samples(tmp_path):
     # the noise estimate is the first stage's (it read every label as given)
     for key in ("estimated_noise_rate", "noise_rate_source", "fit_noise_rate", "floor_noise_rate", "cl_noise_rate"):
         assert summary[key] == first[key]
-    # the kept labels are cleaner than all the labels
-    assert summary["kept_noise_rate"] < summary["realized_noise_rate"]
+    # kept_noise_rate is the share of wrong labels among the samples kept (whether the flag cleans the labels
+    # is measured at scale in docs/refit.md; 160 samples and 2 epochs are too few for the loss fit to)
+    r = read_report(run)
+    kept, labels = trusted_labels(r["clean_prob"] < 0.5, r["given"], r["predicted"], r["score"],
+                                  np.zeros(160), 5, "drop")
+    assert [first_texts[str(i)] for i in kept] == [row["text"] for row in second]
+    true = np.array([int(row["label"]) for row in csv.DictReader(open(run / "noisy_labels.csv", newline=""))])
+    assert summary["kept_noise_rate"] == pytest.approx(np.mean(labels != true[kept]))
     # every class survives, and the delivered weights are the chosen stage's
     assert len({r["noisy_label"] for r in second}) == 5
     test = load_data("sst5").test.subset(64, 0)

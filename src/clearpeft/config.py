@@ -69,15 +69,22 @@ INT_LIMIT = 2**63 - 1
 SEEDS = Interval(0, 2**32 - 1)
 
 
+# The longest file name (one path component, in bytes) the common file systems take.
+NAME_MAX = 255
+
+
 def _path_text(value: str) -> str:
-    """Text that names a file or folder: the OS must be able to take it (no NUL byte, encodable)."""
+    """Text that names a file or folder: the OS must be able to take it (no NUL byte, encodable, no name
+    longer than NAME_MAX bytes: the OS would refuse it on first use, deep in a run)."""
     try:
         if "\x00" in value:
             raise ValueError("a NUL byte")
-        os.fsencode(value)
+        encoded = os.fsencode(value)
     except (ValueError, UnicodeError) as exc:
         reason = "a NUL byte" if "\x00" in value else f"not encodable as a file name ({exc.__class__.__name__})"
         raise UserError(f"{value!r:.60} is no path: it holds {reason}") from None
+    if any(len(part) > NAME_MAX for part in encoded.split(b"/")):
+        raise UserError(f"{value!r:.60} is no path: it holds a name longer than {NAME_MAX} bytes")
     return value
 
 
@@ -175,6 +182,9 @@ class TrainConfig:
                                 "out what its report flags) | relabel (flagged samples whose predicted label is "
                                 "confident enough take it, the others are left out); a class keeps its best-scored "
                                 "samples when the flag would empty it", ("none", "drop", "relabel"))
+    refit_flag: str = option("clean-prob", "samples --refit leaves out or relabels: clean-prob (clean probability "
+                                           "p < 0.5; chosen on dev) or report (the report's is_label_issue: p < 0.5 or "
+                                           "confident learning)", ("clean-prob", "report"))
     refit_routing: str = option("none", "routing of the second stage of --refit (none: plain PEFT)", STRATEGIES)
     refit_epochs: int | None = option(None, "epochs of the second stage of --refit (default: about as many optimizer "
                                             "steps as the first stage, at most 4x its epochs)", AT_LEAST_1)

@@ -169,8 +169,9 @@ def model_card(config: dict, summary: dict, train_size: int | None = None) -> st
         "",
         f"- {ROUTING_WORDS.get(summary.get('routing'), str(summary.get('routing')))}",
         *([f"- then trained again (`--refit {summary['refit']}`, routing {summary.get('refit_routing')}) on "
-           f"{summary.get('kept_samples')} training samples ({summary.get('kept_fraction', 0):.1%}) that the first "
-           "stage's label-issue report did not flag: "
+           f"{summary.get('kept_samples')} training samples ({summary.get('kept_fraction', 0):.1%}) that "
+           + ("the first stage did not flag (clean probability p ≥ 0.5)" if summary.get("refit_flag") == "clean-prob"
+              else "the first stage's label-issue report did not flag") + ": "
            + ("these weights are the second stage's" if summary.get("handed_over", "second") == "second" else
               "its dev accuracy was not above the first stage's, so these weights are the first stage's")]
           if summary.get("refit") not in (None, "none") else []),

@@ -5,7 +5,11 @@
 CleaR finds the wrong labels far better than it uses that knowledge: in warm-up every module, and in every
 epoch the never-routed classifier head, still learn from them. cleanlab's ``CleanLearning`` recipe (find the
 issues, leave them out, train again) is what this stage does with the first run's own report
-(clean_probs.csv, its ``is_label_issue`` flag):
+(clean_probs.csv). A sample is flagged (``refit_flag``) when its clean probability is below one half
+(``clean-prob``, the default) or when the report's ``is_label_issue`` says so (``report``: p < 0.5 or confident
+learning). The report's union flag finds more wrong labels, but on dev the second stage did better on the
+samples p < 0.5 leaves (docs/refit.md): confident learning also flags the hard, correctly labelled samples the
+second stage needs.
 
 - ``drop``: a fresh model of the same method learns from the unflagged samples only;
 - ``relabel``: a flagged sample whose predicted label has probability at least ``relabel_threshold`` takes
@@ -62,7 +66,7 @@ def trusted_labels(flags: np.ndarray, given: np.ndarray, predicted: np.ndarray, 
                    relabel_threshold: float = 0.9) -> tuple[np.ndarray, np.ndarray]:
     """(indices kept, their training labels) for the second stage.
 
-    ``flags`` [n] bool: the report's is_label_issue; ``given`` [n]: the labels trained on; ``predicted`` [n]
+    ``flags`` [n] bool: the samples flagged (``refit_flag``); ``given`` [n]: the labels trained on; ``predicted`` [n]
     and ``predicted_prob`` [n]: the first stage's label and its probability; ``score`` [n]: the probability
     of the given label (the report's ranking). ``how``: drop or relabel.
     """
@@ -100,10 +104,12 @@ def second_stage_bundle(data, kept: np.ndarray, labels: np.ndarray):
 
 
 def read_report(run: Path) -> dict[str, np.ndarray]:
-    """The first stage's clean_probs.csv as arrays in training-sample order."""
+    """The first stage's clean_probs.csv as arrays in training-sample order: ``flags`` (is_label_issue),
+    ``clean_prob`` (p), ``given``, ``predicted`` (label ids) and ``score`` (the given label's probability)."""
     with open(run / "clean_probs.csv", newline="", encoding="utf-8") as handle:
         rows = sorted(csv.DictReader(handle), key=lambda r: int(r["index"]))
     return {"flags": np.array([r["is_label_issue"] == "True" for r in rows]),
+            "clean_prob": np.array([float(r["clean_prob"]) for r in rows]),
             "given": np.array([int(r["given_label_id"]) for r in rows]),
             "predicted": np.array([int(r["predicted_label_id"]) for r in rows]),
             "score": np.array([float(r["label_score"]) for r in rows])}
@@ -116,7 +122,8 @@ def second_stage(cfg, data, first: dict, predicted_prob: np.ndarray, is_main: bo
     the run's summary, which is then the second stage's."""
     out = Path(cfg.out)
     report = read_report(out)
-    kept, labels = trusted_labels(report["flags"], report["given"], report["predicted"], report["score"],
+    flags = report["clean_prob"] < 0.5 if cfg.refit_flag == "clean-prob" else report["flags"]
+    kept, labels = trusted_labels(flags, report["given"], report["predicted"], report["score"],
                                   predicted_prob, data.bundle.num_labels, cfg.refit, cfg.relabel_threshold)
     bundle, second = data.bundle, second_stage_bundle(data, kept, labels)
     epochs = cfg.refit_epochs or second_stage_epochs(cfg.epochs, len(report["given"]), len(kept))
@@ -128,26 +135,16 @@ def second_stage(cfg, data, first: dict, predicted_prob: np.ndarray, is_main: bo
     true = np.asarray(bundle.train.labels)
     counts = np.bincount(labels, minlength=bundle.num_labels)
     log(f"refit ({cfg.refit}): training again on {len(kept)} of {len(true)} samples "
-        f"({int(report['flags'].sum())} flagged) for {epochs} epochs; smallest class {int(counts.min())}")
+        f"({int(flags.sum())} flagged, {cfg.refit_flag}) for {epochs} epochs; smallest class {int(counts.min())}")
     done = (out / REFIT_DIR / runs.SUMMARY).exists()
     if done:
         summary = json.loads((out / REFIT_DIR / runs.SUMMARY).read_text())
     else:
         summary = train_fn(stage_cfg, resume=resume and (out / REFIT_DIR / runs.CONFIG).exists(),
                            overwrite=not resume, progress=progress, log=log, data=second)
-    injected = cfg.noise.strip().lower() not in ("clean", "none", "")
     n_dev = len(data.dev.labels) if data.dev is not None else 0
-    stage, margin = handed_over(first, summary, cfg.keep, n_dev), handover_margin(first, cfg.keep, n_dev)
-    result = {**(summary if stage == "second" else first), "routing": cfg.routing, "noise": cfg.noise,
-              "dataset": cfg.dataset,
-              "realized_noise_rate": first["realized_noise_rate"], "dev_labels": first["dev_labels"],
-              **{k: first.get(k) for k in NOISE_RATE_FIELDS},
-              "refit": cfg.refit, "refit_routing": cfg.refit_routing, "refit_epochs": epochs,
-              "handed_over": stage, "handover_margin": margin,
-              "kept_samples": int(len(kept)),
-              "kept_fraction": len(kept) / len(true),
-              "kept_noise_rate": float(np.mean(labels != true[kept])) if injected and len(kept) else None,
-              "first_stage": first, "second_stage": {k: summary.get(k) for k in STAGE_FIELDS}}
+    result = run_summary(cfg, first, summary, kept, labels, true, n_dev, epochs)
+    stage, margin = result["handed_over"], result["handover_margin"]
     if stage == "first":
         log(f"refit: the second stage's dev accuracy {_dev_acc(summary, cfg.keep):.4f} is not above the first "
             f"stage's {_dev_acc(first, cfg.keep):.4f} by more than its standard error "
@@ -168,6 +165,25 @@ def second_stage(cfg, data, first: dict, predicted_prob: np.ndarray, is_main: bo
         write_model_card(out, result)  # the card of the weights handed over: both stages
         runs.atomic_write_json(out / runs.SUMMARY, result)
     return result
+
+
+def run_summary(cfg, first: dict, second: dict, kept: np.ndarray, labels: np.ndarray, true: np.ndarray,
+                n_dev: int, epochs: int) -> dict:
+    """The run's summary.json from its two stages' summaries: the handed-over stage's numbers as the run's
+    (``handed_over``), the first stage's noise estimate, what was kept (``kept`` [m] indices with their
+    ``labels``; ``true`` [n] the training set's clean labels), both stages' metrics under ``first_stage`` and
+    ``second_stage``."""
+    injected = cfg.noise.strip().lower() not in ("clean", "none", "")
+    stage, margin = handed_over(first, second, cfg.keep, n_dev), handover_margin(first, cfg.keep, n_dev)
+    return {**(second if stage == "second" else first), "routing": cfg.routing, "noise": cfg.noise,
+            "dataset": cfg.dataset,
+            "realized_noise_rate": first["realized_noise_rate"], "dev_labels": first["dev_labels"],
+            **{k: first.get(k) for k in NOISE_RATE_FIELDS},
+            "refit": cfg.refit, "refit_flag": cfg.refit_flag, "refit_routing": cfg.refit_routing,
+            "refit_epochs": epochs, "handed_over": stage, "handover_margin": margin,
+            "kept_samples": int(len(kept)), "kept_fraction": len(kept) / len(true),
+            "kept_noise_rate": float(np.mean(labels != true[kept])) if injected and len(kept) else None,
+            "first_stage": first, "second_stage": {k: second.get(k) for k in STAGE_FIELDS}}
 
 
 # What summary.json keeps of the second stage under second_stage (the first stage's summary is kept whole).
