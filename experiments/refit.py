@@ -8,7 +8,9 @@ Recipes of one (dataset, noise, method, seed) cell, each with Delivered (the wei
   plain            plain PEFT (routing none, no consistency loss)
   clear            CleaR as the paper has it (routing clean)
   clean-auto       the default routing (stands down while the losses show no mode of wrong labels)
-  refit            clean-auto, then --refit drop: plain PEFT again on the samples its report does not flag
+  refit            clean-auto, then --refit drop: plain PEFT again on the samples its first stage flags
+                   (clean probability p < 0.5, --refit-flag's default)
+  refit-union      (recorded, not trained here) the same with --refit-flag report, the report's union flag
   cleanlab-refit   cleanlab's find_label_issues on 5-fold cross-validated logistic regression over the frozen
                    backbone's embeddings, then plain PEFT on the rest (CleanLearning's idea with our model)
 clean-auto and refit are one run: the refit run's first stage is the clean-auto run (same seed, same draws).
@@ -107,6 +109,8 @@ def recipes(cell, root: Path, log):
         return run(config(*cell, folder / "refit", routing="clean-auto", refit="drop"), log)
 
     yield "refit", folder / "refit", refit
+    yield "refit-union", folder / "refit-union", lambda: run(config(*cell, folder / "refit-union", routing="clean-auto",
+                                                                    refit="drop", refit_flag="report"), log)
     yield "clean-auto", folder / "refit", lambda: json.loads((folder / "refit" / "summary.json").read_text())["first_stage"]
     yield "cleanlab-refit", folder / "cleanlab-refit", lambda: cleanlab_refit(
         config(*cell, folder / "cleanlab-refit", routing="none", reg_weight=0.0), log)
@@ -123,6 +127,7 @@ def write(rows: list[dict], path: Path) -> None:
 
 
 RECIPES = ("plain", "clear", "clean-auto", "refit", "cleanlab-refit")
+VARIANTS = ("refit-union",)  # trained only when asked for (--recipes), collected wherever finished
 
 
 def table(path: Path) -> str:
@@ -165,7 +170,7 @@ def main() -> None:
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                         help="change the protocol (a smoke test: --set max_train_samples=64 epochs=2)")
     parser.add_argument("--table", action="store_true", help="print results.csv as a markdown table and stop")
-    parser.add_argument("--recipes", nargs="*", default=list(RECIPES), choices=RECIPES,
+    parser.add_argument("--recipes", nargs="*", default=list(RECIPES), choices=RECIPES + VARIANTS,
                         help="train only these recipes (clean-auto is read from the refit run)")
     args = parser.parse_args()
     if args.table:
@@ -178,7 +183,8 @@ def main() -> None:
     rows = []
     for cell in CELLS[args.start:args.start + args.cells]:
         for recipe, folder, make in recipes(cell, args.out, log=lambda m: print(m, file=sys.stderr, flush=True)):
-            if recipe not in args.recipes and not (recipe == "clean-auto" and "refit" in args.recipes):
+            if recipe not in args.recipes and not (recipe == "clean-auto" and "refit" in args.recipes) \
+                    and not (args.collect and recipe in VARIANTS):
                 continue
             print(f"{cell} {recipe} ...", file=sys.stderr, flush=True)
             try:
