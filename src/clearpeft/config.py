@@ -179,7 +179,7 @@ class TrainConfig:
     keep: str = option("best-dev", "weights the run hands over: best-dev (the epoch of the best dev accuracy; the "
                                    "last epoch where there is no dev split) or last", ("best-dev", "last"))
     refit: str = option("none", "after the run, train a fresh model on the labels it trusts: none | drop (leave "
-                                "out what its report flags) | relabel (flagged samples whose predicted label is "
+                                "out the samples it flags, --refit-flag) | relabel (flagged samples whose predicted label is "
                                 "confident enough take it, the others are left out); a class keeps its best-scored "
                                 "samples when the flag would empty it", ("none", "drop", "relabel"))
     refit_flag: str = option("clean-prob", "samples --refit leaves out or relabels: clean-prob (clean probability "
