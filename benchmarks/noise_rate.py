@@ -49,6 +49,8 @@ def main() -> None:
     for root in args.roots:
         for summary_path in sorted(root.rglob("summary.json")):
             folder = summary_path.parent
+            if folder.name == "refit-union" and (folder.parent / "refit").exists():
+                continue  # the same first stage as its sibling refit/ (same seed, same draws): counted once
             config = json.loads((folder / "config.json").read_text())
             fit = last_fit(folder)
             if fit is None:
