@@ -98,19 +98,10 @@ def variant(name: str, cfg, first: dict, out: Path, data, report: dict, predicte
     return summary
 
 
-def read_report(folder: Path) -> dict:
-    from clearpeft.refit import read_report as base
-
-    report = base(folder)
-    with open(folder / "clean_probs.csv", newline="", encoding="utf-8") as handle:
-        rows = sorted(csv.DictReader(handle), key=lambda r: int(r["index"]))
-    report["clean_prob"] = np.array([float(r["clean_prob"]) for r in rows])
-    return report
-
-
 def run_cell(cell, root: Path, log, variants=VARIANTS) -> None:
     from clearpeft.api import load_run
     from clearpeft.backbone import load_tokenizer
+    from clearpeft.refit import read_report
     from clearpeft.train import prepare_data
 
     folder = root / cell_dir(cell)
@@ -145,7 +136,7 @@ def adopt(cell, root: Path, name: str, log) -> bool:
 
     from clearpeft import runs
     from clearpeft.backbone import load_tokenizer
-    from clearpeft.refit import run_summary, trusted_labels
+    from clearpeft.refit import read_report, run_summary, trusted_labels
     from clearpeft.train import prepare_data
 
     folder, pilot = root / cell_dir(cell), PILOT / cell_dir(cell)
