@@ -2,6 +2,8 @@
 
     python experiments/refit.py                       # every cell, in priority order, into results/refit/
     python experiments/refit.py --cells 2             # only the first two cells
+    python experiments/refit.py --collect --table     # results.csv from every finished run, as a table
+    python experiments/refit.py --checks              # refit against CleaR's Peak, cleanlab, plain; best-dev gaps
 
 Recipes of one (dataset, noise, method, seed) cell, each with Delivered (the weights the run hands over:
 --keep best-dev, selected on dev labels that carry the same injected noise), Peak, Avg and Last:
@@ -159,6 +161,46 @@ def table(path: Path) -> str:
     return "\n".join(lines)
 
 
+def checks(path: Path) -> str:
+    """The comparisons the recipes are judged by, from results.csv (test accuracy %, seed means):
+    at 60% symmetric noise refit's Delivered against CleaR's Peak and cleanlab-refit's Delivered; on clean
+    data refit's Delivered against plain's; and, in every run of plain and CleaR, Delivered against Peak."""
+    from collections import defaultdict
+    from statistics import fmean
+
+    with open(path, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    by = defaultdict(lambda: defaultdict(list))
+    for r in rows:
+        by[(r["dataset"], r["noise"], r["method"])][r["recipe"]].append(r)
+
+    def mean(cell, recipe, key):
+        got = by[cell].get(recipe) or []
+        return (100 * fmean(float(r[key]) for r in got), len(got)) if got else (None, 0)
+
+    lines = []
+    for noise, against in (("symmetric:0.6", (("clear", "peak_acc"), ("cleanlab-refit", "delivered_acc"))),
+                           ("clean", (("plain", "delivered_acc"),))):
+        for cell in sorted(c for c in by if c[1] == noise):
+            refit, n = mean(cell, "refit", "delivered_acc")
+            if refit is None:
+                continue
+            parts = []
+            for recipe, key in against:
+                other, m = mean(cell, recipe, key)
+                parts.append(f"{recipe} {key.split('_')[0]} " + ("—" if other is None else
+                                                                 f"{other:.1f} ({m}) Δ {refit - other:+.1f}"))
+            lines.append(f"{' '.join(cell)}: refit delivered {refit:.1f} ({n} seeds); " + "; ".join(parts))
+    gaps = [(100 * (float(r["peak_acc"]) - float(r["delivered_acc"])), r) for r in rows
+            if r["recipe"] in ("plain", "clear")]
+    within = sum(g <= 1.0 for g, _ in gaps)
+    lines.append(f"best-dev Delivered within 1 point of Peak: {within} of {len(gaps)} plain / CleaR runs")
+    lines += [f"  not within: {r['dataset']} {r['noise']} {r['method']} {r['recipe']} seed {r['seed']}: "
+              f"Peak {100 * float(r['peak_acc']):.1f}, Delivered {100 * float(r['delivered_acc']):.1f} "
+              f"(epoch {int(r['kept_epoch']) + 1})" for g, r in gaps if g > 1.0]
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=ROOT / "results" / "refit")
@@ -170,11 +212,13 @@ def main() -> None:
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                         help="change the protocol (a smoke test: --set max_train_samples=64 epochs=2)")
     parser.add_argument("--table", action="store_true", help="print results.csv as a markdown table and stop")
+    parser.add_argument("--checks", action="store_true",
+                        help="print the comparisons the recipes are judged by (from results.csv) and stop")
     parser.add_argument("--recipes", nargs="*", default=list(RECIPES), choices=RECIPES + VARIANTS,
                         help="train only these recipes (clean-auto is read from the refit run)")
     args = parser.parse_args()
-    if args.table:
-        print(table(args.out / "results.csv"))
+    if args.table or args.checks:
+        print((table if args.table else checks)(args.out / "results.csv"))
         return
     BASE.update((key, yaml.safe_load(value)) for key, value in (item.split("=", 1) for item in args.set))
     args.out.mkdir(parents=True, exist_ok=True)
