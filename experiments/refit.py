@@ -133,8 +133,8 @@ VARIANTS = ("refit-union",)  # trained only when asked for (--recipes), collecte
 
 
 def table(path: Path) -> str:
-    """A markdown table of results.csv: per cell, each recipe's Delivered (Peak in brackets), in %; the seed
-    mean where a cell has several seeds."""
+    """A markdown table of results.csv: per cell, each recipe's Delivered (Peak in brackets), in %; the mean
+    over the seeds that every recipe of the cell finished."""
     from collections import defaultdict
     from statistics import fmean
 
@@ -146,6 +146,10 @@ def table(path: Path) -> str:
     lines = ["| data set | noise | method | seeds | " + " | ".join(RECIPES) + " | refit kept (wrong) |",
              "|---|---|---|---|" + "---|" * (len(RECIPES) + 1)]
     for (dataset, noise, method), by in cells.items():
+        # the seeds every recipe of the cell finished (all of them where no seed is common to all)
+        common = set.intersection(*({r["seed"] for r in got} for got in by.values()))
+        by = {recipe: [r for r in got if r["seed"] in common] or got for recipe, got in by.items()}
+
         def shown(recipe):
             got = by.get(recipe)
             if not got:
@@ -174,23 +178,23 @@ def checks(path: Path) -> str:
     for r in rows:
         by[(r["dataset"], r["noise"], r["method"])][r["recipe"]].append(r)
 
-    def mean(cell, recipe, key):
-        got = by[cell].get(recipe) or []
-        return (100 * fmean(float(r[key]) for r in got), len(got)) if got else (None, 0)
+    def mean(cell, recipe, key, seeds):
+        return 100 * fmean(float(r[key]) for r in by[cell][recipe] if r["seed"] in seeds)
 
     lines = []
     for noise, against in (("symmetric:0.6", (("clear", "peak_acc"), ("cleanlab-refit", "delivered_acc"))),
                            ("clean", (("plain", "delivered_acc"),))):
-        for cell in sorted(c for c in by if c[1] == noise):
-            refit, n = mean(cell, "refit", "delivered_acc")
-            if refit is None:
-                continue
+        for cell in sorted(c for c in by if c[1] == noise and by[c].get("refit")):
             parts = []
-            for recipe, key in against:
-                other, m = mean(cell, recipe, key)
-                parts.append(f"{recipe} {key.split('_')[0]} " + ("—" if other is None else
-                                                                 f"{other:.1f} ({m}) Δ {refit - other:+.1f}"))
-            lines.append(f"{' '.join(cell)}: refit delivered {refit:.1f} ({n} seeds); " + "; ".join(parts))
+            for recipe, key in against:  # seed means over the seeds both recipes finished
+                seeds = {r["seed"] for r in by[cell]["refit"]} & {r["seed"] for r in by[cell].get(recipe, [])}
+                if not seeds:
+                    parts.append(f"{recipe}: not run")
+                    continue
+                refit, other = mean(cell, "refit", "delivered_acc", seeds), mean(cell, recipe, key, seeds)
+                parts.append(f"refit delivered {refit:.1f} against {recipe} {key.split('_')[0]} {other:.1f}: "
+                             f"{refit - other:+.1f} (seeds {','.join(sorted(seeds))})")
+            lines.append(f"{' '.join(cell)}: " + "; ".join(parts))
     gaps = [(100 * (float(r["peak_acc"]) - float(r["delivered_acc"])), r) for r in rows
             if r["recipe"] in ("plain", "clear")]
     within = sum(g <= 1.0 for g, _ in gaps)
@@ -199,6 +203,38 @@ def checks(path: Path) -> str:
               f"Peak {100 * float(r['peak_acc']):.1f}, Delivered {100 * float(r['delivered_acc']):.1f} "
               f"(epoch {int(r['kept_epoch']) + 1})" for g, r in gaps if g > 1.0]
     return "\n".join(lines)
+
+
+def hand_over_again(root: Path) -> list[str]:
+    """Take every finished refit run's hand-over again with the current rule (refit.two_stage_summary), from
+    the summaries of its two stages; summary.json is rewritten, the weights are not moved (the run folders here
+    keep only summaries). The dev size comes from summary.json, or, where a run predates it, from the margin
+    it recorded under the rule before it (one standard error, sqrt(a (1 - a) / n))."""
+    from clearpeft import runs
+    from clearpeft.config import TrainConfig
+    from clearpeft.refit import STAGE_FIELDS, two_stage_summary
+
+    changed = []
+    for path in sorted(root.glob("*/*/*/refit/summary.json")):
+        folder = path.parent
+        old = json.loads(path.read_text())
+        if not (folder / "refit" / "summary.json").exists() or "first_stage" not in old:
+            continue
+        config = json.loads((folder / "config.json").read_text())
+        num_labels = len(config.pop("label_names"))
+        cfg = TrainConfig.from_mapping({k: v for k, v in config.items() if k not in ("versions", "realized_noise_rate")},
+                                       str(folder / "config.json"))
+        first, second = old["first_stage"], json.loads((folder / "refit" / "summary.json").read_text())
+        assert {k: second.get(k) for k in STAGE_FIELDS} == old["second_stage"], folder
+        a = first["dev_peak_acc" if cfg.keep == "best-dev" else "dev_last_acc"]
+        n_dev = old.get("dev_samples") or round(a * (1 - a) / old["handover_margin"] ** 2)
+        kept = {k: old[k] for k in ("kept_samples", "kept_fraction", "kept_noise_rate")}
+        new = two_stage_summary(cfg, first, second, kept, n_dev, old["refit_epochs"], num_labels)
+        if new["handed_over"] != old["handed_over"]:
+            changed.append(f"{folder.relative_to(root)}: {old['handed_over']} -> {new['handed_over']} "
+                           f"(delivered {old['delivered_acc']:.4f} -> {new['delivered_acc']:.4f})")
+        runs.atomic_write_json(path, new)
+    return changed
 
 
 def main() -> None:
@@ -212,11 +248,16 @@ def main() -> None:
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                         help="change the protocol (a smoke test: --set max_train_samples=64 epochs=2)")
     parser.add_argument("--table", action="store_true", help="print results.csv as a markdown table and stop")
+    parser.add_argument("--hand-over-again", action="store_true",
+                        help="take every finished refit run's hand-over again with the current rule, then stop")
     parser.add_argument("--checks", action="store_true",
                         help="print the comparisons the recipes are judged by (from results.csv) and stop")
     parser.add_argument("--recipes", nargs="*", default=list(RECIPES), choices=RECIPES + VARIANTS,
                         help="train only these recipes (clean-auto is read from the refit run)")
     args = parser.parse_args()
+    if args.hand_over_again:
+        print("\n".join(hand_over_again(args.out)) or "no hand-over changed")
+        return
     if args.table or args.checks:
         print((table if args.table else checks)(args.out / "results.csv"))
         return

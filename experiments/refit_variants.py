@@ -155,7 +155,7 @@ def adopt(cell, root: Path, name: str, log) -> bool:
                                   np.zeros(len(flags)), data.bundle.num_labels, "drop")
     second = json.loads((folder / name / "summary.json").read_text())
     result = run_summary(cfg, first, second, kept, labels, np.asarray(data.bundle.train.labels),
-                         len(data.dev.labels), second["epochs"])
+                         len(data.dev.labels), second["epochs"], data.bundle.num_labels)
     out = pilot / "refit"
     (out / "refit").mkdir(parents=True, exist_ok=True)
     for f in RUN_FILES[:2]:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from clearpeft.noise import NoiseSpec, apply_noise
-from clearpeft.refit import class_floor, handed_over, read_report, trusted_labels
+from clearpeft.refit import class_floor, handed_over, handover_margin, noisy_dev_factor, read_report, trusted_labels
 
 
 def test_drop_leaves_out_the_flagged_samples():
@@ -113,10 +113,10 @@ def test_refit_drop_trains_a_second_stage_on_the_unflagged_samples(tmp_path):
     assert summary["refit_epochs"] == second_summary["epochs"] == round(2 * 160 / len(second))  # the same steps
     assert summary == json.loads((run / "summary.json").read_text())
     # the stage handed over is the one with the better dev accuracy, and the run's numbers are its own
-    stage = handed_over(first, second_summary, "best-dev", 64)  # max_eval_samples dev sentences
+    stage = handed_over(first, second_summary, "best-dev", 64, 5)  # max_eval_samples dev sentences, 5 classes
     assert summary["handed_over"] == stage
-    a = first["dev_peak_acc"]
-    assert summary["handover_margin"] == pytest.approx(math.sqrt(a * (1 - a) / 64))
+    a, eta = first["dev_peak_acc"], first["estimated_noise_rate"]
+    assert summary["handover_margin"] == pytest.approx(max(0, 1 - eta * 5 / 4) * math.sqrt(a * (1 - a) / 64))
     chosen = second_summary if stage == "second" else first
     for key in ("delivered_acc", "peak_acc", "avg_acc", "last_acc", "kept_epoch", "epochs"):
         assert summary[key] == chosen[key]
@@ -155,3 +155,21 @@ def test_the_second_stage_is_handed_over_only_when_dev_prefers_it():
     assert handed_over(first, {"dev_peak_acc": 0.416}, "best-dev", 1000) == "second"
     assert handed_over(first, {"dev_peak_acc": 0.44}, "best-dev", 100) == "first"
     assert handed_over(first, {"dev_peak_acc": 0.45}, "best-dev", 100) == "second"
+
+
+def test_the_margin_shrinks_with_the_estimated_noise_as_noisy_dev_labels_shrink_a_gain():
+    # symmetric noise eta over K classes: noisy accuracy = eta / (K - 1) + a (1 - eta K / (K - 1))
+    assert noisy_dev_factor(0.6, 5) == pytest.approx(0.25)
+    assert noisy_dev_factor(0.2, 5) == pytest.approx(0.75)
+    assert noisy_dev_factor(0.6, 77) == pytest.approx(1 - 0.6 * 77 / 76)
+    assert noisy_dev_factor(0.9, 5) == 0.0  # past (K - 1) / K a noisy dev set cannot rank: no margin
+    assert noisy_dev_factor(None, 5) == noisy_dev_factor(0.0, 5) == noisy_dev_factor(0.3, None) == 1.0
+    first = {"dev_peak_acc": 0.40, "estimated_noise_rate": 0.6}
+    se = math.sqrt(0.4 * 0.6 / 1000)
+    assert handover_margin(first, "best-dev", 1000) == pytest.approx(se)  # without K: the full standard error
+    assert handover_margin(first, "best-dev", 1000, 5) == pytest.approx(0.25 * se)
+    # a dev gain of 0.01 (under the standard error 0.0155) hands over at 60% estimated noise, not on clean labels
+    assert handed_over(first, {"dev_peak_acc": 0.41}, "best-dev", 1000, 5) == "second"
+    clean = {"dev_peak_acc": 0.40, "estimated_noise_rate": 0.0}
+    assert handed_over(clean, {"dev_peak_acc": 0.41}, "best-dev", 1000, 5) == "first"
+    assert handed_over(clean, {"dev_peak_acc": 0.416}, "best-dev", 1000, 5) == "second"

@@ -19,8 +19,8 @@ The label space stays the first stage's. A class the flag would empty (at 60% no
 of a rare class can be wrong, and all of them flagged) keeps its ``class_floor`` best-scored samples, so the
 second stage still knows every class and the test split has no label the training split lacks.
 
-The second stage is handed over only when its dev accuracy beats the first stage's (``handed_over``), as
---keep best-dev chooses an epoch. The run folder keeps both stages: the first stage's files where they always
+The second stage is handed over only when its dev accuracy beats the first stage's by a margin
+(``handed_over``), as --keep best-dev chooses an epoch. The run folder keeps both stages: the first stage's files where they always
 are (its report is the run's label-issue report), the second stage's run in ``refit/``. When the second stage
 is handed over, weights/ and summary.json's numbers are its own, with the first stage's weights in
 ``first_stage_weights/``; summary.json keeps both (``first_stage``, ``second_stage``, ``handed_over``).
@@ -143,12 +143,12 @@ def second_stage(cfg, data, first: dict, predicted_prob: np.ndarray, is_main: bo
         summary = train_fn(stage_cfg, resume=resume and (out / REFIT_DIR / runs.CONFIG).exists(),
                            overwrite=not resume, progress=progress, log=log, data=second)
     n_dev = len(data.dev.labels) if data.dev is not None else 0
-    result = run_summary(cfg, first, summary, kept, labels, true, n_dev, epochs)
+    result = run_summary(cfg, first, summary, kept, labels, true, n_dev, epochs, data.bundle.num_labels)
     stage, margin = result["handed_over"], result["handover_margin"]
     if stage == "first":
         log(f"refit: the second stage's dev accuracy {_dev_acc(summary, cfg.keep):.4f} is not above the first "
-            f"stage's {_dev_acc(first, cfg.keep):.4f} by more than its standard error "
-            f"{margin:.4f}: the run hands over the first stage's weights")
+            f"stage's {_dev_acc(first, cfg.keep):.4f} by more than the margin {margin:.4f}: the run hands over the "
+            "first stage's weights")
     if is_main:
         weights, aside = out / "weights", out / FIRST_STAGE_WEIGHTS
         if stage == "second":
@@ -168,21 +168,30 @@ def second_stage(cfg, data, first: dict, predicted_prob: np.ndarray, is_main: bo
 
 
 def run_summary(cfg, first: dict, second: dict, kept: np.ndarray, labels: np.ndarray, true: np.ndarray,
-                n_dev: int, epochs: int) -> dict:
+                n_dev: int, epochs: int, num_labels: int | None = None) -> dict:
     """The run's summary.json from its two stages' summaries: the handed-over stage's numbers as the run's
     (``handed_over``), the first stage's noise estimate, what was kept (``kept`` [m] indices with their
     ``labels``; ``true`` [n] the training set's clean labels), both stages' metrics under ``first_stage`` and
-    ``second_stage``."""
+    ``second_stage``. ``num_labels`` scales the hand-over margin (:func:`handover_margin`)."""
     injected = cfg.noise.strip().lower() not in ("clean", "none", "")
-    stage, margin = handed_over(first, second, cfg.keep, n_dev), handover_margin(first, cfg.keep, n_dev)
+    kept_stats = {"kept_samples": int(len(kept)), "kept_fraction": len(kept) / len(true),
+                  "kept_noise_rate": float(np.mean(labels != true[kept])) if injected and len(kept) else None}
+    return two_stage_summary(cfg, first, second, kept_stats, n_dev, epochs, num_labels)
+
+
+def two_stage_summary(cfg, first: dict, second: dict, kept_stats: dict, n_dev: int, epochs: int,
+                      num_labels: int | None) -> dict:
+    """:func:`run_summary` once the kept samples are counted (``kept_stats``: kept_samples, kept_fraction,
+    kept_noise_rate); also what takes a finished run's hand-over again from its stages' summaries."""
+    stage = handed_over(first, second, cfg.keep, n_dev, num_labels)
+    margin = handover_margin(first, cfg.keep, n_dev, num_labels)
     return {**(second if stage == "second" else first), "routing": cfg.routing, "noise": cfg.noise,
             "dataset": cfg.dataset,
             "realized_noise_rate": first["realized_noise_rate"], "dev_labels": first["dev_labels"],
             **{k: first.get(k) for k in NOISE_RATE_FIELDS},
             "refit": cfg.refit, "refit_flag": cfg.refit_flag, "refit_routing": cfg.refit_routing,
-            "refit_epochs": epochs, "handed_over": stage, "handover_margin": margin,
-            "kept_samples": int(len(kept)), "kept_fraction": len(kept) / len(true),
-            "kept_noise_rate": float(np.mean(labels != true[kept])) if injected and len(kept) else None,
+            "refit_epochs": epochs, "handed_over": stage, "handover_margin": margin, "dev_samples": n_dev,
+            **kept_stats,
             "first_stage": first, "second_stage": {k: second.get(k) for k in STAGE_FIELDS}}
 
 
@@ -200,24 +209,38 @@ def _dev_acc(summary: dict, keep: str) -> float | None:
     return None if value is None else float(value)
 
 
-def handover_margin(first: dict, keep: str, n_dev: int) -> float:
-    """One standard error of the first stage's dev accuracy a on n_dev samples, sqrt(a (1 - a) / n_dev)."""
+def noisy_dev_factor(noise_rate: float | None, num_labels: int | None) -> float:
+    """c = 1 - eta K / (K - 1), clipped to [0, 1]: the share of a clean-accuracy gain that shows on dev labels
+    carrying symmetric noise at rate eta over K classes, since accuracy on such labels is
+    eta / (K - 1) + a (1 - eta K / (K - 1)) for a model of clean accuracy a. 1 without an estimate."""
+    if not noise_rate or not num_labels or num_labels < 2:
+        return 1.0
+    return min(1.0, max(0.0, 1.0 - noise_rate * num_labels / (num_labels - 1)))
+
+
+def handover_margin(first: dict, keep: str, n_dev: int, num_labels: int | None = None) -> float:
+    """c times one standard error of the first stage's dev accuracy a on n_dev samples, c sqrt(a (1 - a) / n_dev),
+    where c is :func:`noisy_dev_factor` of the first stage's estimated noise rate (1 where none is given)."""
     a = _dev_acc(first, keep)
-    return math.sqrt(a * (1 - a) / n_dev) if a is not None and n_dev > 0 else 0.0
+    if a is None or n_dev <= 0:
+        return 0.0
+    return noisy_dev_factor(first.get("estimated_noise_rate"), num_labels) * math.sqrt(a * (1 - a) / n_dev)
 
 
-def handed_over(first: dict, second: dict, keep: str, n_dev: int = 0) -> str:
-    """"second" when the second stage's dev accuracy is above the first stage's by more than one standard
-    error of it (``handover_margin``; no margin when ``n_dev`` is 0), else "first".
+def handed_over(first: dict, second: dict, keep: str, n_dev: int = 0, num_labels: int | None = None) -> str:
+    """"second" when the second stage's dev accuracy is above the first stage's by more than
+    :func:`handover_margin` (no margin when ``n_dev`` is 0), else "first".
 
-    The refit is a model choice like the epoch: it is made on dev, never on test. On clean data, or where
-    the flag drops samples the model needed, the first stage stays the run's model. The margin is there
-    because dev accuracy is noisy and the second stage's is the best of more epochs, so a second stage that
-    is only as good wins a bare comparison more often than not (docs/refit.md: what it costs under noise).
-    Without a dev split there is nothing to choose by, and the second stage (what --refit asked for) is
-    handed over.
+    The refit is a model choice like the epoch: it is made on dev, never on test. The margin guards clean
+    data, where the second stage only drops samples the model needed: dev accuracy moves by about a standard
+    error between equally good models, and the second stage's is the best of more epochs, so an equal second
+    stage would win a bare comparison more often than not. Where the first stage estimates many wrong labels
+    the guard shrinks with the factor c by which noisy dev labels shrink a real gain (a quarter of it on five
+    classes at 60% noise): there the second stage trains on cleaner labels and a full standard error would
+    keep a better model out (docs/refit.md measures both). Without a dev split there is nothing to choose
+    by, and the second stage (what --refit asked for) is handed over.
     """
     a, b = _dev_acc(first, keep), _dev_acc(second, keep)
     if a is None or b is None:
         return "second"
-    return "second" if b - a > handover_margin(first, keep, n_dev) else "first"
+    return "second" if b - a > handover_margin(first, keep, n_dev, num_labels) else "first"
