@@ -222,8 +222,8 @@ def hand_over_again(root: Path) -> list[str]:
             continue
         config = json.loads((folder / "config.json").read_text())
         num_labels = len(config.pop("label_names"))
-        cfg = TrainConfig.from_mapping({k: v for k, v in config.items() if k not in ("versions", "realized_noise_rate")},
-                                       str(folder / "config.json"))
+        options = {k: v for k, v in config.items() if k not in ("versions", "realized_noise_rate")}
+        cfg = TrainConfig.from_mapping(options, str(folder / "config.json"))
         first, second = old["first_stage"], json.loads((folder / "refit" / "summary.json").read_text())
         assert {k: second.get(k) for k in STAGE_FIELDS} == old["second_stage"], folder
         a = first["dev_peak_acc" if cfg.keep == "best-dev" else "dev_last_acc"]

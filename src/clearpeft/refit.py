@@ -20,10 +20,11 @@ of a rare class can be wrong, and all of them flagged) keeps its ``class_floor``
 second stage still knows every class and the test split has no label the training split lacks.
 
 The second stage is handed over only when its dev accuracy beats the first stage's by a margin
-(``handed_over``), as --keep best-dev chooses an epoch. The run folder keeps both stages: the first stage's files where they always
-are (its report is the run's label-issue report), the second stage's run in ``refit/``. When the second stage
-is handed over, weights/ and summary.json's numbers are its own, with the first stage's weights in
-``first_stage_weights/``; summary.json keeps both (``first_stage``, ``second_stage``, ``handed_over``).
+(``handed_over``), as --keep best-dev chooses an epoch. The run folder keeps both stages: the first stage's
+files where they always are (its report is the run's label-issue report), the second stage's run in
+``refit/``. When the second stage is handed over, weights/ and summary.json's numbers are its own, with the
+first stage's weights in ``first_stage_weights/``; summary.json keeps both (``first_stage``, ``second_stage``,
+``handed_over``).
 """
 
 from __future__ import annotations
