@@ -132,17 +132,24 @@ RECIPES = ("plain", "clear", "clean-auto", "refit", "cleanlab-refit")
 VARIANTS = ("refit-union",)  # trained only when asked for (--recipes), collected wherever finished
 
 
-def table(path: Path) -> str:
-    """A markdown table of results.csv: per cell, each recipe's Delivered (Peak in brackets), in %; the mean
-    over the seeds that every recipe of the cell finished."""
+def read_cells(path: Path) -> tuple[list[dict], dict]:
+    """results.csv's rows, and the same rows grouped: (dataset, noise, method) -> recipe -> rows."""
     from collections import defaultdict
-    from statistics import fmean
 
     with open(path, newline="") as handle:
         rows = list(csv.DictReader(handle))
     cells = defaultdict(lambda: defaultdict(list))
     for r in rows:
         cells[(r["dataset"], r["noise"], r["method"])][r["recipe"]].append(r)
+    return rows, cells
+
+
+def table(path: Path) -> str:
+    """A markdown table of results.csv: per cell, each recipe's Delivered (Peak in brackets), in %; the mean
+    over the seeds that every recipe of the cell finished."""
+    from statistics import fmean
+
+    _, cells = read_cells(path)
     lines = ["| data set | noise | method | seeds | " + " | ".join(RECIPES) + " | refit kept (wrong) |",
              "|---|---|---|---|" + "---|" * (len(RECIPES) + 1)]
     for (dataset, noise, method), by in cells.items():
@@ -169,14 +176,9 @@ def checks(path: Path) -> str:
     """The comparisons the recipes are judged by, from results.csv (test accuracy %, seed means):
     at 60% symmetric noise refit's Delivered against CleaR's Peak and cleanlab-refit's Delivered; on clean
     data refit's Delivered against plain's; and, in every run of plain and CleaR, Delivered against Peak."""
-    from collections import defaultdict
     from statistics import fmean
 
-    with open(path, newline="") as handle:
-        rows = list(csv.DictReader(handle))
-    by = defaultdict(lambda: defaultdict(list))
-    for r in rows:
-        by[(r["dataset"], r["noise"], r["method"])][r["recipe"]].append(r)
+    rows, by = read_cells(path)
 
     def mean(cell, recipe, key, seeds):
         return 100 * fmean(float(r[key]) for r in by[cell][recipe] if r["seed"] in seeds)
