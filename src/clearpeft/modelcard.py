@@ -90,11 +90,13 @@ def _how_to_load(method: str, base: str, num_labels: int) -> str:
                 f"tokenizer = AutoTokenizer.from_pretrained(\"{base}\")\n```\n\n"
                 "The logits' columns follow the label ids below. With clearpeft:\n\n" + own)
     if method == "prompt":
-        # Checked: PeftModel.from_pretrained reads weights/peft, but the model's forward raises "Model does not
-        # support past key values" on transformers 5's BERT; clearpeft passes the prompts itself (peft/prompt.py).
+        # Checked: PeftModel.from_pretrained reads weights/peft, but on transformers 5's BERT the model's forward
+        # raises "Model does not support past key values" up to peft 0.21, and from 0.22 runs with the positions
+        # shifted, so its outputs are not the run's; clearpeft passes the prompts itself (peft/prompt.py).
         return ("`weights/peft/` holds peft's prefix-tuning adapter, which `PeftModel.from_pretrained` reads, but "
-                "peft's prefix-tuning forward pass does not run on transformers 5's BERT, and clearpeft's keeps "
-                "token positions 0..T-1 where peft's would shift them. Load it with clearpeft:\n\n" + own)
+                "peft's own forward pass does not give this model's outputs on transformers 5's BERT: up to peft "
+                "0.21 it raises, and from 0.22 it shifts the token positions, where clearpeft's keeps them at "
+                "0..T-1. Load it with clearpeft:\n\n" + own)
     what = {"adapter": "Houlsby adapters (clearpeft's own modules)", "bitfit": "BitFit bias deltas (clearpeft's own)",
             "full": "every weight of the encoder and head"}[method]
     return f"`weights/trained.safetensors` holds {what}, in clearpeft's format. Load it with clearpeft:\n\n" + own
