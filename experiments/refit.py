@@ -106,9 +106,10 @@ def cleanlab_refit(cfg, log) -> dict:
 def recipes(cell, root: Path, log):
     dataset, noise, method, seed = cell
     folder = root / dataset / noise.replace(":", "-") / f"{method}-s{seed}"
-    yield "plain", folder / "plain", lambda: run(config(*cell, folder / "plain", routing="none", reg_weight=0.0), log)
-    yield "plain-long", folder / "plain-long", lambda: run(config(*cell, folder / "plain-long", routing="none",
-                                                                  reg_weight=0.0, epochs=2 * BASE["epochs"]), log)
+    plain = dict(routing="none", reg_weight=0.0)  # plain PEFT has no consistency loss to weigh
+    yield "plain", folder / "plain", lambda: run(config(*cell, folder / "plain", **plain), log)
+    yield "plain-long", folder / "plain-long", lambda: run(config(*cell, folder / "plain-long", **plain,
+                                                                  epochs=2 * BASE["epochs"]), log)
     yield "clear", folder / "clear", lambda: run(config(*cell, folder / "clear", routing="clean"), log)
 
     def refit():
@@ -119,7 +120,7 @@ def recipes(cell, root: Path, log):
                                                                     refit="drop", refit_flag="report"), log)
     yield "clean-auto", folder / "refit", lambda: json.loads((folder / "refit" / "summary.json").read_text())["first_stage"]
     yield "cleanlab-refit", folder / "cleanlab-refit", lambda: cleanlab_refit(
-        config(*cell, folder / "cleanlab-refit", routing="none", reg_weight=0.0), log)
+        config(*cell, folder / "cleanlab-refit", **plain), log)
 
 
 def write(rows: list[dict], path: Path) -> None:
@@ -178,8 +179,8 @@ def table(path: Path) -> str:
 
 def checks(path: Path) -> str:
     """The comparisons the recipes are judged by, from results.csv (test accuracy %, seed means):
-    at 60% symmetric noise refit's Delivered against CleaR's Peak, cleanlab-refit's and plain-long's Delivered; on clean
-    data refit's Delivered against plain's; and, in every run of plain and CleaR, Delivered against Peak."""
+    at 60% symmetric noise refit's Delivered against CleaR's Peak, cleanlab-refit's and plain-long's Delivered;
+    on clean data refit's Delivered against plain's; and, in every run of plain and CleaR, Delivered against Peak."""
     from statistics import fmean
 
     rows, by = read_cells(path)
