@@ -3,8 +3,10 @@ with fit statistics in its metrics.jsonl.
 
     python benchmarks/noise_rate.py results/cpu-clean-auto results/converged-gpu runs/label_issues
 
-A run's estimate is summary.json's: the larger of its last fit's reading and its confusion floor
-(label_issues.noise_rate_estimate); runs that predate the floor have the fit's alone. Runs made
+A run's estimate is the current rule (label_issues.noise_rate_estimate) applied to its recorded readings: the
+larger of its last fit's reading and its confusion floor plus one-way flows; runs that predate the floor have
+the fit's alone, and runs that predate the flows (and were not backfilled by experiments/one_way_backfill.py)
+the floor without them. Runs made
 before the estimate became "the high-loss weight where the fit shows a mode of wrong labels, else 0" logged
 the weight as estimated_noise_rate, with the separation D and the component's mean loss beside it: the
 current estimate is derived from those logged numbers by the same rule (routing.py), so every run counts.
@@ -58,22 +60,25 @@ def main() -> None:
             est, weight = estimate(fit, len(config["label_names"]))
             summary = json.loads(summary_path.read_text())
             summary = summary.get("first_stage", summary)  # a --refit run: the first stage read the noise
-            run_estimate = noise_rate_estimate(est, summary.get("floor_noise_rate"))[0]
+            run_estimate = noise_rate_estimate(est, summary.get("floor_noise_rate"),
+                                               summary.get("one_way_noise_rate"))[0]
             rows.append({"run": str(folder), "dataset": config["dataset"], "noise": config["noise"],
                          "method": config["peft"], "routing": config["routing"],
                          "realized": summary["realized_noise_rate"], "fit": est, "estimated": run_estimate,
                          "weight": weight,
                          # runs made since they are recorded: the confusion floor, and confident learning's count
                          # in-sample and on dev
-                         "floor": summary.get("floor_noise_rate"),
+                         "floor": summary.get("floor_noise_rate"), "one_way": summary.get("one_way_noise_rate"),
                          "cl": summary.get("cl_noise_rate"), "cl_dev": summary.get("cl_noise_rate_dev")})
     if not rows:
         raise SystemExit("no finished runs with fit statistics under " + ", ".join(map(str, args.roots)))
-    groups = defaultdict(list, {"all": [], "recording the floor": []})
+    groups = defaultdict(list, {"all": [], "recording the floor": [], "recording one-way flows": []})
     for r in rows:
         groups["all"].append(r)
         if r["floor"] is not None:
             groups["recording the floor"].append(r)
+        if r["one_way"] is not None:
+            groups["recording one-way flows"].append(r)
         if r["floor"] is not None or not args.recording_floor:
             groups[f"{r['dataset']} {r['noise']}"].append(r)
     if args.markdown:
@@ -95,6 +100,10 @@ def main() -> None:
         mae_weight = sum(abs(r["weight"] - r["realized"]) for r in group) / len(group)
         zeros = sum(r["estimated"] == 0 for r in group)
         extra = ""
+        have = [r for r in group if r["one_way"] is not None]
+        if have:  # the rule before the flows, on the same runs
+            before = sum(abs(noise_rate_estimate(r["fit"], r["floor"])[0] - r["realized"]) for r in have) / len(have)
+            extra += f"; estimate without the flows: {before:.3f} ({len(have)})"
         for key, label in (("floor", "confusion floor"), ("cl", "confident learning on train"), ("cl_dev", "on dev")):
             have = [r for r in group if r[key] is not None]
             if have:

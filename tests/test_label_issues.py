@@ -63,6 +63,26 @@ def test_confusion_floor_noise_rate_by_hand():
     assert confusion_floor_noise_rate(np.eye(3)[[0, 1, 2]], np.array([0, 1, 2])) == 0.0
 
 
+def test_one_way_noise_rate_by_hand():
+    from clearpeft.label_issues import one_way_noise_rate
+
+    def reading(extra):
+        # 5 classes: 20 samples predicted and given as each, one of every other given label in each row (an even
+        # floor of 1), plus ``extra`` (predicted, given) pairs
+        pairs = [(i, i) for i in range(5) for _ in range(20)] + [(i, j) for i in range(5) for j in range(5) if i != j]
+        predicted, given = np.array(pairs + extra).T
+        return one_way_noise_rate(np.eye(5)[predicted], given)
+
+    # 29 more predicted 0 and given 1 (labels of class 0 flow to 1): row 0's cells [30, 1, 1, 1] keep the 2
+    # smallest as the floor, mean 1, so cell (0, 1) has excess 29 and its reverse (1, 0) excess 0:
+    # 29 > 3 sqrt(30 + 1) = 16.7 and 0 <= 0.05 x 29, so 29 wrong labels of 149 samples flow one way
+    assert reading([(0, 1)] * 29) == pytest.approx(29 / 149)
+    assert reading([]) == 0.0
+    assert reading([(0, 1)] * 29 + [(1, 0)] * 29) == 0.0  # the same flow both ways: a confusion, not noise
+    assert reading([(0, 1)] * 29 + [(1, 0)] * 3) == 0.0  # a reverse excess of 3 > 0.05 x 29: not one way
+    assert reading([(0, 1)] * 7) == 0.0  # 7 <= 3 sqrt(9): not told from counting noise
+
+
 def test_noise_rate_estimate_takes_the_larger_of_fit_and_floor():
     from clearpeft.label_issues import noise_rate_estimate
 
@@ -72,3 +92,7 @@ def test_noise_rate_estimate_takes_the_larger_of_fit_and_floor():
     assert noise_rate_estimate(None, 0.2) == (0.2, "confusion floor")  # no fit (no per-sample pass)
     assert noise_rate_estimate(0.3, None) == (0.3, "loss fit")  # a run that predates the floor
     assert noise_rate_estimate(None, None) == (None, None)
+    # the confusion's reading is the floor plus its one-way flows; runs before the flows have the floor alone
+    assert noise_rate_estimate(0.0, 0.15, 0.2) == (pytest.approx(0.35), "confusion floor + one-way flows")
+    assert noise_rate_estimate(0.3, 0.15, 0.1) == (0.3, "loss fit")
+    assert noise_rate_estimate(0.0, 0.15, 0.0) == (0.15, "confusion floor")

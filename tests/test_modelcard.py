@@ -110,7 +110,8 @@ def test_noise_statement_follows_the_estimates_source():
                "seed": 0, "trainable_params": 1000, "estimated_noise_rate": 0.384, "noise_rate_source": "confusion floor"}
     card = model_card(config, summary)
     assert "estimated noise rate: 0.384. The confusion floor read more than the loss fit" in card
-    said = {source: noise_estimate_statement(0.3, source) for source in ("loss fit", "confusion floor",
-                                                                         "confident learning")}
-    assert len(set(said.values())) == 3 and "lower bound" in said["confusion floor"]
+    sources = ("loss fit", "confusion floor", "confusion floor + one-way flows", "confident learning")
+    said = {source: noise_estimate_statement(0.3, source) for source in sources}
+    assert len(set(said.values())) == 4 and "lower bound" in said["confusion floor"]
+    assert "one way" in said["confusion floor + one-way flows"]
     assert noise_estimate_statement(0.0, "loss fit").startswith("0 means the loss fit found no mode")

@@ -342,7 +342,10 @@ def test_clean_auto_is_plain_peft_until_the_losses_show_a_noisy_mode(tmp_path):
         assert a["test_acc"] == b["test_acc"] and a["train_loss"] == b["train_loss"]
     summary = json.loads((tmp_path / "auto" / "summary.json").read_text())
     assert summary["routing"] == "clean-auto" and summary["fit_noise_rate"] == auto[-1]["estimated_noise_rate"]
-    # the run's estimate: the larger of the fit's reading and the confusion floor, never 0 at 60% noise
-    fit_wins = summary["fit_noise_rate"] >= summary["floor_noise_rate"]
-    assert summary["noise_rate_source"] == ("loss fit" if fit_wins else "confusion floor")
-    assert summary["estimated_noise_rate"] == max(summary["fit_noise_rate"], summary["floor_noise_rate"]) > 0
+    # the run's estimate: the larger of the fit's reading and the confusion's (its floor plus its one-way
+    # flows), never 0 at 60% noise
+    confusion = summary["floor_noise_rate"] + summary["one_way_noise_rate"]
+    fit_wins = summary["fit_noise_rate"] >= confusion
+    assert summary["noise_rate_source"] == ("loss fit" if fit_wins else "confusion floor + one-way flows"
+                                            if summary["one_way_noise_rate"] else "confusion floor")
+    assert summary["estimated_noise_rate"] == max(summary["fit_noise_rate"], confusion) > 0

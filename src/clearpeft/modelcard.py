@@ -34,14 +34,19 @@ ROUTING_WORDS = {
 
 def noise_estimate_statement(rate: float | None, source: str | None = None) -> str:
     """One sentence on how far to trust ``summary.json``'s estimated noise rate (docs/refit.md), by its source:
-    the loss fit (a mode of wrong labels showed), the confusion floor (it read higher than the fit), or, in runs
-    made before the floor was recorded, confident learning's count."""
+    the loss fit (a mode of wrong labels showed), the confusion floor, with or without one-way flows (it read
+    higher than the fit), or, in runs made before the floor was recorded, confident learning's count."""
     if rate is None:
         return "No estimate: the run made no per-sample pass to fit the clean probability on."
     if source == "confusion floor":
         return ("The confusion floor read more than the loss fit: the share of training labels that spread evenly "
                 "over the classes the model does not predict. It misses wrong labels that pile up on one class "
                 "(asymmetric noise), so read it as a lower bound there (docs/refit.md).")
+    if source == "confusion floor + one-way flows":
+        return ("The confusion read more than the loss fit: the training labels that spread evenly over the "
+                "classes the model does not predict, plus those that flow one way from a class it predicts to "
+                "one other label (asymmetric noise). Wrong labels the model has learnt to predict are not seen, "
+                "so read it as a lower bound under asymmetric noise (docs/refit.md).")
     if source == "confident learning":
         return ("The loss fit showed no mode of wrong labels, so this is confident learning's count of training "
                 "labels the model confidently disagrees with: it counts the model's own errors too, so it reads "

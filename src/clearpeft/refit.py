@@ -201,7 +201,7 @@ STAGE_FIELDS = ("delivered_acc", "peak_acc", "avg_acc", "last_acc", "kept_epoch"
                 "dev_last_acc", "train_seconds")
 # The noise estimate is the first stage's: it read the labels as given; the second stage sees only those kept.
 NOISE_RATE_FIELDS = ("estimated_noise_rate", "noise_rate_source", "fit_noise_rate", "floor_noise_rate",
-                     "cl_noise_rate", "cl_noise_rate_dev")
+                     "one_way_noise_rate", "cl_noise_rate", "cl_noise_rate_dev")
 
 
 def _dev_acc(summary: dict, keep: str) -> float | None:

@@ -35,7 +35,7 @@ from . import clear, runs
 from .config import COMPILE_BREAK_EVEN_BATCHES, TrainConfig, config_defaults
 from .errors import RunStopped, UserError, WriteError
 from .label_issues import (confident_joint_noise_rate, confusion_floor_noise_rate, label_issue_flags,
-                           noise_rate_estimate)
+                           noise_rate_estimate, one_way_noise_rate)
 from .metrics import accuracy, detection_quality, summarize_curve, training_dynamics
 from .routing import CleanProbability, gates_from_draws
 
@@ -546,8 +546,10 @@ def finish(s: Session, history: list[dict], train_seconds: float) -> dict:
             s.core.load_trained(folder)
     report, probs = label_issue_report(s.core, data, cfg, s.accelerator)
     # How many labels look wrong, beside the loss fit's estimate: the confusion floor of the training samples
-    # (in-sample), and confident learning's count there and, where there is one, on the dev split (held out)
+    # (in-sample) and its one-way flows, and confident learning's count there and, where there is one, on the
+    # dev split (held out)
     noise_rates = {"floor_noise_rate": confusion_floor_noise_rate(probs, data.noisy.noisy),
+                   "one_way_noise_rate": one_way_noise_rate(probs, data.noisy.noisy),
                    "cl_noise_rate": confident_joint_noise_rate(probs, data.noisy.noisy), "cl_noise_rate_dev": None}
     if data.dev is not None:
         dev_logits, _ = routed_logits(s.core, data.dev, cfg.eval_batch_size, data.pad_id, 1, lambda i, k: None,
@@ -555,7 +557,8 @@ def finish(s: Session, history: list[dict], train_seconds: float) -> dict:
         dev_probs = torch.softmax(torch.from_numpy(dev_logits).double(), -1).numpy()
         noise_rates["cl_noise_rate_dev"] = confident_joint_noise_rate(dev_probs, data.dev.labels)
     summary = summarize(cfg, data, history, s.core, train_seconds)
-    estimate, source = noise_rate_estimate(summary["fit_noise_rate"], noise_rates["floor_noise_rate"])
+    estimate, source = noise_rate_estimate(summary["fit_noise_rate"], noise_rates["floor_noise_rate"],
+                                           noise_rates["one_way_noise_rate"])
     summary = {**summary, "estimated_noise_rate": estimate, "noise_rate_source": source, **noise_rates,
                "compiled": s.compiled,
                "keep": "best-dev" if keeps_best(cfg, data) else "last", "kept_epoch": kept,
