@@ -75,11 +75,12 @@ def test_one_way_noise_rate_by_hand():
 
     # 29 more predicted 0 and given 1 (labels of class 0 flow to 1): row 0's cells [30, 1, 1, 1] keep the 2
     # smallest as the floor, mean 1, so cell (0, 1) has excess 29 and its reverse (1, 0) excess 0:
-    # 29 > 3 sqrt(30 + 1) = 16.7 and 0 <= 0.05 x 29, so 29 wrong labels of 149 samples flow one way
+    # 29 > 3 sqrt(30 + 1) = 16.7 and 0 <= 0.1 x 29, so 29 wrong labels of 149 samples flow one way
     assert reading([(0, 1)] * 29) == pytest.approx(29 / 149)
     assert reading([]) == 0.0
     assert reading([(0, 1)] * 29 + [(1, 0)] * 29) == 0.0  # the same flow both ways: a confusion, not noise
-    assert reading([(0, 1)] * 29 + [(1, 0)] * 3) == 0.0  # a reverse excess of 3 > 0.05 x 29: not one way
+    assert reading([(0, 1)] * 29 + [(1, 0)] * 4) == 0.0  # a reverse excess of 4 > 0.1 x 29: not one way
+    assert reading([(0, 1)] * 29 + [(1, 0)] * 2) == pytest.approx((29 - 2) / 151)  # 2 <= 2.9: the net flow
     assert reading([(0, 1)] * 7) == 0.0  # 7 <= 3 sqrt(9): not told from counting noise
 
 

@@ -120,7 +120,7 @@ def confusion_floor_noise_rate(probs: np.ndarray, given: np.ndarray, confusable:
 
 
 ONE_WAY_Z = 3.0  # a flow counts when it exceeds its reverse by this many Poisson deviations,
-ONE_WAY_REVERSE = 0.05  # and its reverse is at most this share of it
+ONE_WAY_REVERSE = 0.1  # and its reverse is at most this share of it
 
 
 def one_way_noise_rate(probs: np.ndarray, given: np.ndarray, confusable: int = FLOOR_CONFUSABLE,
