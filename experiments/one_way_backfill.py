@@ -41,7 +41,8 @@ def backfill(folder: Path) -> str | None:
         return None
     floor, one_way = readings(folder, len(json.loads((folder / "config.json").read_text())["label_names"]))
     if not math.isclose(floor, recorded["floor_noise_rate"], abs_tol=1e-9):
-        return f"{folder}: the report's floor {floor:.4f} is not the recorded {recorded['floor_noise_rate']:.4f}; left alone"
+        return (f"{folder}: the report's floor {floor:.4f} is not the recorded {recorded['floor_noise_rate']:.4f}; "
+                "left alone")
     if "first_stage" in summary:
         summary["first_stage"]["one_way_noise_rate"] = one_way
         first = json.loads(first_path.read_text())

@@ -131,7 +131,7 @@ def one_way_noise_rate(probs: np.ndarray, given: np.ndarray, confusable: int = F
     excess over the row's floor beats its reverse's by ``z`` Poisson deviations and the reverse's excess is at
     most ``reverse`` of it: labels of class i given as j, and almost never the other way, is what
     class-dependent noise between classes the model tells apart looks like (asymmetric noise on BANKING77
-    intents). Between classes the model confuses (SST-5's neighbours) the flows go both ways and count 0,
+    intents). Between classes the model confuses (SST-5's neighbours) the flows mostly go both ways and count 0,
     as do wrong labels the model has learnt to predict."""
     probs, given = np.asarray(probs, dtype=np.float64), np.asarray(given, dtype=np.int64)
     k = probs.shape[1]
